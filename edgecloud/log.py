@@ -16,7 +16,8 @@ from typing import Any
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        line = f"{ts}.{int(record.msecs):03d}Z {record.levelname} {record.name} {record.getMessage()}"
+        line = f"{ts}.{int(record.msecs):03d}Z {record.levelname} {record.name} "
+        line += record.getMessage()
         fields: dict[str, Any] = getattr(record, "fields", {})
         for key, value in fields.items():
             text = str(value)
