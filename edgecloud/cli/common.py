@@ -1,0 +1,51 @@
+"""Pieces every CLI module shares: the --home option, the console, user-error handling."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from edgecloud.config import Home
+from edgecloud.errors import UserError
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+HomeOption = Annotated[
+    Path | None,
+    typer.Option("--home", help="State directory of the run (default ./.edgecloud or "
+                                "$EDGECLOUD_HOME)", show_default=False),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
+
+
+def home_of(path: Path | None) -> Home:
+    return Home(path)
+
+
+def user_errors(fn: F) -> F:
+    """Decorator for commands: a UserError prints its message (no traceback) and exits."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True,
+                              soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(data: Any) -> None:
+    """Plain JSON on stdout (no colour), for scripts."""
+    typer.echo(json.dumps(data, indent=2, default=str))
