@@ -1,0 +1,114 @@
+"""Starting, waiting for and stopping service processes (supervisor and tests share it)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from edgecloud.errors import UserError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free right now on `host` (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_port(host: str, port: int, timeout: float = 20.0,
+              proc: subprocess.Popen[bytes] | None = None, name: str = "service",
+              log: Path | None = None) -> None:
+    """Wait until host:port accepts connections; fail early and clearly if `proc` dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_open(host, port):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise UserError(f"{name} exited with code {proc.returncode} before listening on "
+                            f"{host}:{port}{_tail(log)}", exit_code=1)
+        time.sleep(0.05)
+    raise UserError(f"{name} did not listen on {host}:{port} within {timeout:.0f}s{_tail(log)}",
+                    exit_code=1)
+
+
+def _tail(log: Path | None, lines: int = 15) -> str:
+    if log is None or not log.exists():
+        return ""
+    text = log.read_text(errors="replace").splitlines()[-lines:]
+    return f"; last lines of {log}:\n  " + "\n  ".join(text)
+
+
+def spawn_service(name: str, module: str, config: BaseModel, run_dir: Path,
+                  log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Write `config` to run_dir/<name>.json and start `python -m module config.json`.
+
+    stdout and stderr go to `log` (appended). The child gets its own process group so a
+    Ctrl-C in the terminal reaches only the supervisor, which stops children in order.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cfg_file = run_dir / f"{name}.json"
+    cfg_file.write_text(config.model_dump_json(indent=2))
+    return spawn_command(name, [sys.executable, "-m", module, str(cfg_file)], log, env)
+
+
+def spawn_command(name: str, argv: list[str], log: Path,
+                  env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    with open(log, "ab") as fh:
+        return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=full_env,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int | None:
+    """SIGTERM, wait up to `timeout`, then SIGKILL the whole process group."""
+    if proc.poll() is not None:
+        return proc.returncode
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return proc.poll()
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return proc.wait(5)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
