@@ -1,0 +1,1 @@
+"""The embedded default: a whole infrastructure on one machine (`edgecloud up`)."""

@@ -1,0 +1,325 @@
+"""The supervisor of an embedded run: starts, watches and stops every service process.
+
+`edgecloud up FILE` creates a `Supervisor`, calls `start()` (platform, one broker and one
+file server per site, one shaping proxy and one bridge per edge site, one agent per
+node), then `watch()` until Ctrl-C or `edgecloud down` (SIGTERM), then `stop()`.
+A service that dies is restarted with exponential backoff; its log is in
+`<home>/logs/<service>.log`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Literal
+
+import httpx
+from pydantic import BaseModel
+
+from edgecloud.config import Home
+from edgecloud.embedded.layout import Layout, plan_layout
+from edgecloud.errors import UserError
+from edgecloud.log import get_logger
+from edgecloud.procutil import port_in_use, spawn_command, spawn_service, stop_process, wait_port
+from edgecloud.resource.infra import Infrastructure
+from edgecloud.resource.state import RunState, ServiceRuntime, SiteRuntime
+from edgecloud.service import Endpoint
+
+log = get_logger("supervisor")
+
+BrokerKind = Literal["amqtt", "mosquitto"]
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Service:
+    """One supervised child process and how to (re)start it."""
+
+    name: str
+    start: Callable[[], subprocess.Popen[bytes]]
+    ready: Endpoint | None
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_restart: float = 0.0
+    started_at: float = field(default_factory=time.monotonic)
+
+    def launch(self, timeout: float = 30.0) -> None:
+        self.proc = self.start()
+        self.started_at = time.monotonic()
+        if self.ready is not None:
+            wait_port(self.ready.host, self.ready.port, timeout, self.proc, self.name, self.log)
+
+
+class Supervisor:
+    """Brings an infrastructure up on this machine and keeps it up."""
+
+    def __init__(self, infra: Infrastructure, infra_file: Path, home: Home,
+                 broker: BrokerKind = "amqtt", heartbeat_s: float = 5.0,
+                 platform_port: int | None = None) -> None:
+        self.infra = infra
+        self.infra_file = infra_file.resolve()
+        self.home = Home(home.root.resolve())
+        self.broker_kind = broker
+        self.heartbeat_s = heartbeat_s
+        self.platform_port = platform_port
+        self.services: list[Service] = []
+        self.stopping = threading.Event()
+        self._lock_fh: IO[str] | None = None
+        self.layout: Layout | None = None
+        self.admin_token = ""
+
+    # -- locking -------------------------------------------------------------------
+    def acquire_home(self) -> None:
+        """One supervisor per home: a second `up` on the same home is refused clearly."""
+        self.home.root.mkdir(parents=True, exist_ok=True)
+        fh = open(self.home.lock_file, "a+")  # noqa: SIM115 - held for the run's lifetime
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            pid = fh.read().strip() or "?"
+            fh.close()
+            raise UserError(
+                f"an edgecloud infrastructure is already running under {self.home.root} "
+                f"(supervisor pid {pid}); stop it with `edgecloud down --home "
+                f"{self.home.root}` or use another --home") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._lock_fh = fh
+
+    def release_home(self) -> None:
+        if self._lock_fh is not None:
+            self._lock_fh.close()
+            self._lock_fh = None
+
+    # -- start ---------------------------------------------------------------------
+    def start(self, progress: Progress = lambda _: None) -> RunState:
+        self.acquire_home()
+        try:
+            return self._start(progress)
+        except BaseException:
+            self.stop(progress)
+            raise
+
+    def _start(self, progress: Progress) -> RunState:
+        if self.platform_port and port_in_use("127.0.0.1", self.platform_port):
+            raise UserError(f"port {self.platform_port} for the platform is already in use; "
+                            "pick another with --port or stop what holds it")
+        self.home.state_file.unlink(missing_ok=True)
+        self.layout = layout = plan_layout(self.infra, platform_port=self.platform_port)
+        self.admin_token = secrets.token_urlsafe(32)
+        self.home.write_secret(self.home.admin_token_file, self.admin_token)
+
+        progress("platform")
+        self._launch(self._platform_service(layout))
+        for site in self.infra.spec.sites:
+            progress(f"broker {site.name} ({self.broker_kind})")
+            self._launch(self._broker_service(layout, site.name))
+            progress(f"file server {site.name}")
+            self._launch(self._files_service(layout, site.name))
+        for site in self.infra.edges:
+            progress(f"WAN emulation {site.name}")
+            self._launch(self._wan_service(layout, site.name))
+        for site in self.infra.edges:
+            progress(f"bridge {site.name} <-> {self.infra.cloud.name}")
+            self._launch(self._bridge_service(layout, site.name))
+
+        progress("registering the infrastructure")
+        self._register(layout)
+        for site in self.infra.spec.sites:
+            for node in site.nodes:
+                progress(f"agent {node.name}")
+                self._launch(self._agent_service(layout, site.name, node.name))
+        progress("waiting for nodes to join")
+        self._wait_nodes_ready(timeout=60)
+        state = self._run_state(layout)
+        state.save(self.home)
+        return state
+
+    def _launch(self, service: Service) -> None:
+        self.services.append(service)
+        service.launch()
+
+    # -- service definitions ----------------------------------------------------------
+    def _service(self, name: str, module: str, config: BaseModel,
+                 ready: Endpoint | None) -> Service:
+        log_file = self.home.log_file(name)
+        return Service(name, lambda: spawn_service(name, module, config, self.home.run,
+                                                   log_file), ready, log_file)
+
+    def _platform_service(self, layout: Layout) -> Service:
+        from edgecloud.platform.server import PlatformConfig
+
+        db = self.home.platform_dir / "platform.db"
+        db.parent.mkdir(parents=True, exist_ok=True)
+        cfg = PlatformConfig(listen=layout.platform, db_url=f"sqlite:///{db}",
+                             admin_token_file=self.home.admin_token_file,
+                             heartbeat_interval_s=self.heartbeat_s)
+        return self._service("platform", "edgecloud.platform.server", cfg, layout.platform)
+
+    def _broker_service(self, layout: Layout, site: str) -> Service:
+        from edgecloud.resource.broker import BrokerConfig
+
+        s = layout.sites[site]
+        cfg = BrokerConfig(site=site, listen=s.broker, kind=self.broker_kind,
+                           data_dir=self.home.site_dir(site) / "broker")
+        return self._service(f"broker-{site}", "edgecloud.resource.broker", cfg, s.broker)
+
+    def _files_service(self, layout: Layout, site: str) -> Service:
+        from edgecloud.resource.files.server import FileServerConfig
+        from edgecloud.resource.files.store import DirStoreConfig
+
+        s = layout.sites[site]
+        d = self.home.site_dir(site)
+        cfg = FileServerConfig(site=site, listen=s.files,
+                               store=DirStoreConfig(kind="dir", path=d / "objects"),
+                               cache_dir=d / "cache", peers=layout.file_peers(site))
+        return self._service(f"files-{site}", "edgecloud.resource.files.server", cfg, s.files)
+
+    def _wan_service(self, layout: Layout, site: str) -> Service:
+        from edgecloud.resource.wan import LinkSettings, Route, WanConfig
+
+        s = layout.sites[site]
+        assert s.wan_control is not None
+        routes = [Route(name=name, listen=s.routes[name], target=target, initiator=side)
+                  for name, (target, side) in s.route_targets.items()]
+        cfg = WanConfig(site=site, control=s.wan_control, routes=routes,
+                        link=LinkSettings.from_spec(self.infra.site(site).wan),
+                        state_file=self.home.site_dir(site) / "wan.json")
+        return self._service(f"wan-{site}", "edgecloud.resource.wan", cfg, s.wan_control)
+
+    def _bridge_service(self, layout: Layout, site: str) -> Service:
+        from edgecloud.resource.bridge import BridgeConfig
+
+        s = layout.sites[site]
+        cfg = BridgeConfig(site=site, local=s.broker, cloud=s.routes["mqtt"],
+                           data_dir=self.home.site_dir(site) / "bridge")
+        return self._service(f"bridge-{site}", "edgecloud.resource.bridge", cfg, None)
+
+    def _agent_service(self, layout: Layout, site: str, node: str) -> Service:
+        spec = next(n for n in self.infra.site(site).nodes if n.name == node)
+        token = self._join_token(site)
+        r = spec.resources
+        argv = [sys.executable, "-m", "edgecloud.cli.main", "agent",
+                "--platform", layout.platform_url_for(site), "--token", token,
+                "--site", site, "--name", node,
+                "--resources", f"cpu={r.cpu:g},memory={r.memory},gpu={r.gpu}",
+                "--speed", f"{spec.speed:g}",
+                "--state-dir", str(self.home.node_dir(node)),
+                "--heartbeat", f"{self.heartbeat_s:g}"]
+        for key, value in spec.labels.items():
+            argv += ["--labels", f"{key}={value}"]
+        log_file = self.home.log_file(f"agent-{node}")
+        return Service(f"agent-{node}", lambda: spawn_command(f"agent-{node}", argv, log_file),
+                       None, log_file)
+
+    # -- platform calls ----------------------------------------------------------------
+    def _api(self) -> httpx.Client:
+        assert self.layout is not None
+        return httpx.Client(base_url=self.layout.platform.url("http") + "/api/v1",
+                            headers={"Authorization": f"Bearer {self.admin_token}"},
+                            timeout=15)
+
+    def _register(self, layout: Layout) -> None:
+        sites = {name: {"broker": layout.broker_url_for(name),
+                        "files": layout.files_url_for(name),
+                        "platform": layout.platform_url_for(name)}
+                 for name in layout.sites}
+        body = {"infrastructure": self.infra.model_dump(mode="json", by_alias=True),
+                "sites": sites}
+        with self._api() as api:
+            r = api.put("/infrastructure", json=body)
+        if r.status_code >= 300:
+            raise UserError(f"the platform refused the infrastructure: {r.status_code} "
+                            f"{r.text}", exit_code=1)
+
+    def _join_token(self, site: str) -> str:
+        with self._api() as api:
+            r = api.post("/tokens", json={"site": site, "ttl_s": 3600})
+        r.raise_for_status()
+        return str(r.json()["token"])
+
+    def node_states(self) -> dict[str, str]:
+        with self._api() as api:
+            r = api.get("/status")
+        r.raise_for_status()
+        return {n["name"]: n["state"] for s in r.json()["sites"] for n in s["nodes"]}
+
+    def _wait_nodes_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        states: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            states = self.node_states()
+            if states and all(v == "Ready" for v in states.values()):
+                return
+            self._check_alive()
+            time.sleep(0.2)
+        missing = sorted(n for n, v in states.items() if v != "Ready")
+        raise UserError(f"nodes did not become Ready within {timeout:.0f}s: "
+                        f"{', '.join(missing)}; see {self.home.logs}/agent-<node>.log",
+                        exit_code=1)
+
+    def _check_alive(self) -> None:
+        for svc in self.services:
+            if svc.proc is not None and svc.proc.poll() is not None:
+                raise UserError(f"{svc.name} exited with code {svc.proc.returncode} during "
+                                f"start-up; see {svc.log}", exit_code=1)
+
+    def _run_state(self, layout: Layout) -> RunState:
+        sites = [SiteRuntime(name=s.name, kind=s.kind,  # type: ignore[arg-type]
+                             broker=s.broker, files=s.files, wan_control=s.wan_control,
+                             routes=s.routes) for s in layout.sites.values()]
+        services = [ServiceRuntime(name=svc.name, pid=svc.proc.pid, log=svc.log)
+                    for svc in self.services if svc.proc is not None]
+        return RunState(infra=self.infra.name, infra_file=self.infra_file, home=self.home.root,
+                        supervisor_pid=os.getpid(), broker_kind=self.broker_kind,
+                        platform=layout.platform, sites=sites, services=services)
+
+    # -- watch and stop ----------------------------------------------------------------
+    def watch(self, poll_s: float = 0.5) -> None:
+        """Restart dead services with backoff until `stopping` is set."""
+        while not self.stopping.wait(poll_s):
+            changed = False
+            for svc in self.services:
+                if svc.proc is None or svc.proc.poll() is None:
+                    continue
+                now = time.monotonic()
+                if svc.next_restart == 0.0:
+                    if now - svc.started_at > 60:  # it ran a while: forgive earlier crashes
+                        svc.restarts = 0
+                    delay = min(30.0, 0.5 * 2 ** svc.restarts)
+                    svc.next_restart = now + delay
+                    log.warning("service exited", service=svc.name, code=svc.proc.returncode,
+                                restart_in_s=delay)
+                elif now >= svc.next_restart:
+                    svc.restarts += 1
+                    svc.next_restart = 0.0
+                    try:
+                        svc.launch(timeout=15)
+                        log.info("service restarted", service=svc.name, restarts=svc.restarts)
+                    except UserError as exc:
+                        log.error("restart failed", service=svc.name, error=str(exc))
+                    changed = True
+            if changed and self.layout is not None:
+                self._run_state(self.layout).save(self.home)
+
+    def stop(self, progress: Progress = lambda _: None) -> None:
+        """Stop services in reverse order of start (agents first, platform last)."""
+        self.stopping.set()
+        for svc in reversed(self.services):
+            if svc.proc is not None and svc.proc.poll() is None:
+                progress(f"stopping {svc.name}")
+                stop_process(svc.proc, timeout=10)
+        self.home.state_file.unlink(missing_ok=True)
+        self.release_home()
