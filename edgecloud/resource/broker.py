@@ -1,0 +1,204 @@
+"""The per-site MQTT broker service: amqtt in-process, or Mosquitto as a child process.
+
+`python -m edgecloud.resource.broker CONFIG.json` (a `BrokerConfig`). Every site of an
+embedded run has one; components publish and subscribe on their site's broker only.
+
+amqtt (default, pure Python, MQTT 3.1.1): sessions live in memory. Anonymous clients are
+accepted by our own auth plugin, which, unlike amqtt's AnonymousAuthPlugin, does not mark
+them anonymous: amqtt forgets the session of an anonymous client on disconnect, and the
+bridge relies on persistent sessions (clean_session=False) to get the messages published
+while it was away. A restart of an amqtt broker loses its sessions and queued messages.
+
+Mosquitto (`kind: mosquitto`): faster, and persistent across restarts (sessions and queued
+QoS>0 messages are saved to data_dir every `AUTOSAVE_S` seconds and at a clean stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from edgecloud.errors import UserError
+from edgecloud.log import get_logger
+from edgecloud.procutil import port_in_use
+from edgecloud.service import Endpoint, run_service, stop_event_on_signals
+
+log = get_logger("broker")
+
+AUTOSAVE_S = 2
+# The bridge acknowledges in batches after committing to its outbox; a small broker
+# in-flight window (Mosquitto's default is 20) would throttle it to one batch per round trip.
+MAX_INFLIGHT = 1000
+# Mosquitto's default (1000) silently drops messages for a slow or absent subscriber.
+MAX_QUEUED = 1_000_000
+
+
+class BrokerConfig(BaseModel):
+    """Configuration of one site's broker service."""
+
+    site: str
+    listen: Endpoint
+    data_dir: Path
+    kind: Literal["amqtt", "mosquitto"] = "amqtt"
+
+
+def serve(config: BrokerConfig) -> None:
+    """Run the broker until SIGTERM/SIGINT; exit with code 1 and a clear message on failure."""
+    try:
+        if config.kind == "mosquitto":
+            _serve_mosquitto(config)
+        else:
+            _serve_amqtt(config)
+    except UserError as exc:
+        log.error(str(exc), site=config.site)
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+
+
+def _check_port(config: BrokerConfig) -> None:
+    host, port = config.listen.host, config.listen.port
+    if port_in_use(host, port):
+        raise UserError(f"broker of site {config.site!r}: port {host}:{port} is already in use; "
+                        "stop what listens there or choose another port", exit_code=1)
+
+
+# -- amqtt ---------------------------------------------------------------------------------
+try:
+    from amqtt.plugins.base import BaseAuthPlugin as _BaseAuthPlugin
+except ImportError:  # pragma: no cover - amqtt is a dependency
+    _BaseAuthPlugin = object  # type: ignore[assignment,misc]
+
+
+class OpenAuthPlugin(_BaseAuthPlugin):  # type: ignore[misc,valid-type]
+    """Accept every client without marking its session anonymous (see module docstring)."""
+
+    async def authenticate(self, *, session: object) -> bool:
+        return True
+
+
+def amqtt_config(config: BrokerConfig) -> dict[str, object]:
+    """The amqtt broker configuration for a site: one TCP listener, no $SYS, open auth."""
+    return {
+        "listeners": {"default": {"type": "tcp",
+                                  "bind": f"{config.listen.host}:{config.listen.port}"}},
+        "timeout_disconnect_delay": 0,
+        # Only our auth plugin: the packet/event logger plugins cost time per message, and
+        # $SYS publishing is not needed.
+        "plugins": {"edgecloud.resource.broker.OpenAuthPlugin": {}},
+    }
+
+
+def _serve_amqtt(config: BrokerConfig) -> None:
+    _check_port(config)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    # amqtt logs every connection and packet at INFO; keep the service log readable.
+    logging.getLogger("amqtt").setLevel(logging.WARNING)
+    logging.getLogger("transitions").setLevel(logging.WARNING)
+    asyncio.run(_amqtt_main(config))
+
+
+async def _amqtt_main(config: BrokerConfig) -> None:
+    from amqtt.broker import Broker
+    from amqtt.errors import BrokerError
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    broker = Broker(amqtt_config(config))
+    try:
+        await broker.start()
+    except BrokerError as exc:
+        raise UserError(f"broker of site {config.site!r} cannot listen on "
+                        f"{config.listen.host}:{config.listen.port}: {exc.__cause__ or exc}",
+                        exit_code=1) from None
+    log.info("broker started", site=config.site, kind="amqtt", listen=config.listen.url("mqtt"))
+    await stop.wait()
+    log.info("broker stopping", site=config.site)
+    try:
+        await asyncio.wait_for(broker.shutdown(), 10)
+    except (TimeoutError, Exception) as exc:  # a slow shutdown must not keep the process
+        log.warning("broker shutdown incomplete", site=config.site, error=repr(exc))
+    log.info("broker stopped", site=config.site)
+
+
+# -- mosquitto -----------------------------------------------------------------------------
+def mosquitto_path() -> str | None:
+    """Path of the mosquitto binary ($PATH, then /usr/sbin), or None if not installed."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    for candidate in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def mosquitto_conf(config: BrokerConfig) -> str:
+    """The mosquitto.conf text for a site's broker (listener, persistence, queue limits)."""
+    data = config.data_dir.resolve()
+    lines = [
+        f"# written by edgecloud for site {config.site}; regenerated at every start",
+        f"listener {config.listen.port} {config.listen.host}",
+        "allow_anonymous true",
+        "persistence true",
+        f"persistence_location {data}/",
+        "persistence_file mosquitto.db",
+        f"autosave_interval {AUTOSAVE_S}",
+        f"max_queued_messages {MAX_QUEUED}",
+        "max_queued_bytes 0",
+        f"max_inflight_messages {MAX_INFLIGHT}",
+        "log_dest stdout",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+    ]
+    if os.geteuid() == 0:
+        # Started as root, mosquitto switches to user `mosquitto`, which cannot write our
+        # data_dir; keep the current user.
+        lines.append(f"user {getpass.getuser()}")
+    return "\n".join(lines) + "\n"
+
+
+def _serve_mosquitto(config: BrokerConfig) -> None:
+    binary = mosquitto_path()
+    if binary is None:
+        raise UserError("broker kind 'mosquitto' needs the mosquitto binary, which is not "
+                        "installed (e.g. `apt-get install mosquitto`); or use kind 'amqtt'",
+                        exit_code=1)
+    _check_port(config)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    conf = config.data_dir / "mosquitto.conf"
+    conf.write_text(mosquitto_conf(config))
+    stop = stop_event_on_signals()
+    # Same process group as this service: a supervisor killing our group kills mosquitto too.
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdin=subprocess.DEVNULL)
+    log.info("broker started", site=config.site, kind="mosquitto", pid=proc.pid,
+             listen=config.listen.url("mqtt"), conf=str(conf))
+    while not stop.wait(0.2):
+        if proc.poll() is not None:
+            raise UserError(f"mosquitto of site {config.site!r} exited with code "
+                            f"{proc.returncode} (see the lines above in this log)", exit_code=1)
+    log.info("broker stopping", site=config.site)
+    proc.send_signal(signal.SIGTERM)  # mosquitto saves its persistence file on SIGTERM
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.info("broker stopped", site=config.site, code=proc.returncode)
+
+
+if __name__ == "__main__":
+    run_service(BrokerConfig, serve)
