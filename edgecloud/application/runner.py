@@ -1,0 +1,90 @@
+"""`python -m edgecloud.application.runner`: the process of one component instance.
+
+Reads the instance context (EDGECLOUD_CONTEXT), imports the component class, connects to
+the site broker, runs `setup`, then `run` on the main thread while messages are handled
+on a worker thread, reports to the in-app controller and writes metrics for the agent.
+SIGTERM stops it cleanly: `teardown`, flush pending messages, exit 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from edgecloud.application import topics
+from edgecloud.application.context import InstanceContext
+from edgecloud.application.sdk import Component, load_class
+from edgecloud.errors import UserError
+from edgecloud.log import get_logger, setup_logging
+from edgecloud.resource.mqtt import MqttClient
+
+log = get_logger("runner")
+METRICS_EVERY_S = 2.0
+
+
+def _import_path(ctx: InstanceContext) -> None:
+    for p in reversed([ctx.source_dir, *ctx.python_path]):
+        if p and p not in sys.path:
+            sys.path.insert(0, p)
+
+
+def _background(comp: Component, ctx: InstanceContext) -> None:
+    """Reports to the controller and metric snapshots for the agent, until stopped."""
+    metrics_file = Path(ctx.instance_dir) / "metrics.json" if ctx.instance_dir else None
+    interval = ctx.controller.report_interval_s if ctx.controller else METRICS_EVERY_S
+    report_topic = topics.reports(ctx.controller_site, ctx.app)
+    while comp.sleep(interval):
+        if ctx.controller is not None and ctx.role == "component":
+            comp._mqtt.publish(report_topic, comp._make_report(interval).model_dump(mode="json"))
+        if metrics_file is not None:
+            try:
+                comp.metrics.write(metrics_file)
+            except OSError as exc:
+                log.warning("cannot write metrics", error=str(exc))
+
+
+def main() -> int:
+    setup_logging()
+    try:
+        ctx = InstanceContext.from_env()
+        _import_path(ctx)
+        cls = load_class(ctx.entry)
+        if not issubclass(cls, Component):
+            raise UserError(f"entry {ctx.entry!r} is not a subclass of edgecloud.Component")
+        mqtt = MqttClient(ctx.broker_url, client_id=f"{ctx.app}.{ctx.instance}",
+                          src=ctx.instance)
+        mqtt.connect(timeout=30)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    comp = cls(ctx, mqtt)
+    signal.signal(signal.SIGTERM, lambda *_: comp.stop())
+    signal.signal(signal.SIGINT, lambda *_: comp.stop())
+    comp._attach()
+    log.info("instance up", app=ctx.app, instance=ctx.instance, site=ctx.site, node=ctx.node)
+    code = 0
+    try:
+        comp.setup()
+        threading.Thread(target=_background, args=(comp, ctx), daemon=True).start()
+        comp.run()
+        comp.stopped.wait()  # a source whose run() returned keeps serving until stopped
+    except Exception:
+        log.exception("component failed", instance=ctx.instance)
+        code = 1
+    finally:
+        comp.stop()
+        try:
+            comp.teardown()
+        except Exception:
+            log.exception("teardown failed", instance=ctx.instance)
+        if ctx.instance_dir:
+            comp.metrics.write(Path(ctx.instance_dir) / "metrics.json")
+        mqtt.flush(5)
+        mqtt.close()
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

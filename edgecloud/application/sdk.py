@@ -1,0 +1,285 @@
+"""The SDK a component author writes against.
+
+    from edgecloud import Component
+
+    class Relay(Component):
+        def on_message(self, msg):          # msg.payload, msg.sender, msg.topic
+            self.send("sink", msg.payload)
+
+A component is instantiated by the runner inside the process the agent starts for each
+instance. It talks only to its site's broker and file server. Messages arrive on one
+worker thread in order (so `on_message` needs no locks of its own); `run()` runs on the
+main thread for sources and may loop until `self.stopped` is set.
+"""
+
+from __future__ import annotations
+
+import importlib
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from edgecloud.application import topics
+from edgecloud.application.context import InstanceContext, Peer
+from edgecloud.application.metrics import Metrics
+from edgecloud.application.policy import Policy, Report
+from edgecloud.errors import UserError
+from edgecloud.log import KVLogger, get_logger
+from edgecloud.resource.mqtt import Message as WireMessage
+from edgecloud.resource.mqtt import MqttClient
+
+if TYPE_CHECKING:
+    from edgecloud.resource.files import FileClient
+
+
+@dataclass(slots=True)
+class Message:
+    """A message delivered to `on_message`."""
+
+    payload: Any
+    sender: str
+    """Instance name of the sender (e.g. `sensor-0`)."""
+    sender_component: str
+    topic: str
+    sent_at: float
+    id: str
+    received_at: float
+
+
+def load_class(entry: str) -> type:
+    """Import `module:Class`."""
+    module_name, _, attr = entry.partition(":")
+    if not module_name or not attr:
+        raise UserError(f"entry {entry!r}: expected 'module:Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(f"entry {entry!r}: cannot import module {module_name!r}: {exc}") \
+            from None
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise UserError(f"entry {entry!r}: module {module_name!r} has no {attr!r}") from None
+    if not isinstance(obj, type):
+        raise UserError(f"entry {entry!r}: {attr!r} is not a class")
+    return obj
+
+
+class PolicyHandle:
+    """The component-side view of the application's policy and its latest decisions."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._global: dict[str, Any] = {}
+        self._local: dict[str, Any] = {}
+        self.decisions: dict[str, Any] = {}
+
+    def update(self, scope: str, decisions: dict[str, Any]) -> None:
+        if scope == "global":
+            self._global = decisions
+        else:
+            self._local = decisions
+        self.decisions = {**self._global, **self._local}  # local controllers refine global
+
+    def decide(self, question: str, value: Any) -> Any:
+        """Ask the policy, e.g. `self.policy.decide("confidence", 0.93) -> "positive"`."""
+        return self.policy.decide(question, value, self.decisions)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """A published decision (e.g. a threshold), or `default` before the first one."""
+        return self.decisions.get(name, default)
+
+
+class Component:
+    """Base class of every component. Override `setup`, `run`, `on_message`, `teardown`."""
+
+    def __init__(self, context: InstanceContext, mqtt: MqttClient) -> None:
+        self.context = context
+        self.name = context.instance
+        self.component = context.component
+        self.app = context.app
+        self.site = context.site
+        self.node = context.node
+        self.params: dict[str, Any] = dict(context.params)
+        self.log: KVLogger = get_logger(f"app.{context.app}.{context.instance}")
+        self.metrics = Metrics()
+        self.stopped = threading.Event()
+        self.started = threading.Event()
+        self._mqtt = mqtt
+        self._files: FileClient | None = None
+        self._inbox: queue.Queue[Message | None] = queue.Queue()
+        self._values: dict[str, Any] = {}
+        self._stats_lock = threading.Lock()
+        self._processed = 0
+        self._busy_s = 0.0
+        self._filters: dict[str, Callable[[Any], bool]] = {}
+        self._members = {p.instance: p for p in context.members}
+        ctrl = context.controller
+        policy_cls = load_class(ctrl.policy if ctrl else
+                                "edgecloud.application.policy:BasicPolicy")
+        role = "component" if context.role == "component" else (
+            "global" if context.site == context.cloud_site else "local")
+        self.policy = PolicyHandle(policy_cls(ctrl.params if ctrl else {}, role, self.site))
+        self._msg_errors = self.metrics.counter("edgecloud_message_errors_total",
+                                                "messages whose handler raised")
+        self._msg_count = self.metrics.counter("edgecloud_messages_total", "messages handled")
+
+    # -- hooks for authors ---------------------------------------------------------------
+    def setup(self) -> None:
+        """Called once before messages flow and before `run`."""
+
+    def run(self) -> None:
+        """Sources loop here (e.g. `while self.sleep(0.1): ...`); others need not override."""
+
+    def on_message(self, msg: Message) -> None:
+        """Called for each message sent to this instance, one at a time, in order."""
+
+    def teardown(self) -> None:
+        """Called once at shutdown, after the last message was handled."""
+
+    def on_command(self, op: str, args: dict[str, Any]) -> None:
+        """Application-specific controller operations (beyond start/terminate/set/filter)."""
+        self.log.warning("unknown controller operation", op=op)
+
+    # -- what authors call ---------------------------------------------------------------
+    @property
+    def files(self) -> FileClient:
+        """The site's file service: `ref = self.files.put(path)`, `self.files.get(ref)`."""
+        if self._files is None:
+            from edgecloud.resource.files import FileClient
+
+            self._files = FileClient(self.context.files_url, self.site)
+        return self._files
+
+    def send(self, component: str, payload: Any, *, key: str | None = None) -> str:
+        """Send `payload` to an instance of connected `component`; returns its name.
+
+        The policy chooses the instance (same site first; by `key` or round-robin). The
+        message goes on the local broker; the bridge carries it across sites if needed.
+        """
+        peers = self.context.peers.get(component)
+        if not peers:
+            known = ", ".join(sorted(self.context.peers)) or "none"
+            raise UserError(f"{self.component} has no connection to {component!r} "
+                            f"(connections: {known}); add it to `connections` in the "
+                            "topology file")
+        flt = self._filters.get(component)
+        if flt is not None and not flt(payload):
+            return ""
+        peer = self.policy.policy.route(component, peers, self.policy.decisions, key)
+        self._mqtt.publish(topics.inbox(peer.site, self.app, peer.instance), payload)
+        return peer.instance
+
+    def send_to(self, instance: str, payload: Any) -> None:
+        """Send to one named instance of this application (e.g. a reply)."""
+        peer = self._members.get(instance)
+        if peer is None:
+            raise UserError(f"no instance {instance!r} in application {self.app!r}")
+        self._mqtt.publish(topics.inbox(peer.site, self.app, peer.instance), payload)
+
+    def publish(self, name: str, payload: Any, *, site: str | None = None) -> None:
+        """Publish on an application topic at `site` (default: this site)."""
+        self._mqtt.publish(topics.user_topic(site or self.site, self.app, name), payload)
+
+    def subscribe(self, name: str, handler: Callable[[Message], None]) -> None:
+        """Receive an application topic published at this site (MQTT wildcards allowed)."""
+        self._mqtt.subscribe(topics.user_topic(self.site, self.app, name),
+                             lambda m: handler(self._to_message(m)))
+
+    def report(self, **values: Any) -> None:
+        """Add custom values to the next report to the in-app controller."""
+        with self._stats_lock:
+            self._values.update(values)
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep unless stopped; returns False once the instance is stopping."""
+        return not self.stopped.wait(seconds)
+
+    def stop(self) -> None:
+        """Ask this instance to shut down (as a controller `terminate` does)."""
+        self.stopped.set()
+        self._inbox.put(None)
+
+    # -- runner plumbing --------------------------------------------------------------------
+    def _attach(self) -> None:
+        """Subscribe to the inbox and the control topics; start the message worker."""
+        c = self.context
+        self._mqtt.subscribe(topics.inbox(c.site, c.app, c.instance), self._enqueue)
+        for scope in ("global", "local"):
+            self._mqtt.subscribe(topics.decisions(c.site, c.app, scope),
+                                 lambda m, s=scope: self._on_decisions(s, m))
+        self._mqtt.subscribe(topics.commands(c.site, c.app), self._on_command_msg)
+        threading.Thread(target=self._work, name="inbox", daemon=True).start()
+
+    def _to_message(self, m: WireMessage) -> Message:
+        peer = self._members.get(m.src)
+        comp = peer.component if peer else m.src.rsplit("-", 1)[0]
+        return Message(payload=m.body, sender=m.src, sender_component=comp, topic=m.topic,
+                       sent_at=m.ts, id=m.id, received_at=time.time())
+
+    def _enqueue(self, m: WireMessage) -> None:
+        self._inbox.put(self._to_message(m))
+
+    def _work(self) -> None:
+        while True:
+            msg = self._inbox.get()
+            if msg is None:
+                return
+            t0 = time.perf_counter()
+            try:
+                self.on_message(msg)
+                self._msg_count.inc()
+            except Exception:
+                # A bad message must not take the instance down: log, count, go on.
+                self._msg_errors.inc()
+                self.log.exception("on_message failed", sender=msg.sender, topic=msg.topic)
+            with self._stats_lock:
+                self._processed += 1
+                self._busy_s += time.perf_counter() - t0
+
+    def _on_decisions(self, scope: str, m: WireMessage) -> None:
+        if isinstance(m.body, dict):
+            self.policy.update(scope, m.body)
+
+    def _on_command_msg(self, m: WireMessage) -> None:
+        body = m.body if isinstance(m.body, dict) else {}
+        target = body.get("component", "*")
+        if target not in ("*", self.component, self.name):
+            return
+        op, args = str(body.get("op", "")), dict(body.get("args") or {})
+        if op == "start":
+            self.started.set()
+        elif op == "terminate":
+            self.log.info("terminated by the in-app controller")
+            self.stop()
+        elif op == "set":
+            self.params.update(args)
+        elif op == "filter":
+            self._set_filter(args)
+        else:
+            self.on_command(op, args)
+
+    def _set_filter(self, args: dict[str, Any]) -> None:
+        """`filter` op: keep 1 in `every` messages sent to `target` (None clears it)."""
+        target, every = str(args.get("target", "")), args.get("every")
+        if every in (None, 0, 1):
+            self._filters.pop(target, None)
+            return
+        counter = iter(range(1 << 62))
+        self._filters[target] = lambda _payload: next(counter) % int(every) == 0
+
+    def _make_report(self, interval_s: float) -> Report:
+        with self._stats_lock:
+            processed, busy, values = self._processed, self._busy_s, self._values
+            self._processed, self._busy_s, self._values = 0, 0.0, {}
+        return Report(instance=self.name, component=self.component, site=self.site,
+                      ts=time.time(), queue_len=self._inbox.qsize(), processed=processed,
+                      throughput=processed / interval_s if interval_s > 0 else 0.0,
+                      latency_ms=1000 * busy / processed if processed else None, values=values)
+
+    def peers(self, component: str) -> list[Peer]:
+        """The instances of a connected component (for fan-out or custom routing)."""
+        return list(self.context.peers.get(component, []))
