@@ -139,10 +139,7 @@ class MqttClient:
 
         Afterwards the client reconnects by itself whenever the connection drops.
         """
-        if not self._started:
-            self._started = True
-            self._paho.connect_async(self.host, self.port, keepalive=self.keepalive)
-            self._paho.loop_start()
+        self.start()
         if not self._connected.wait(timeout):
             self._closing = True
             self._paho.disconnect()
@@ -152,6 +149,18 @@ class MqttClient:
             why = f" ({self._last_error})" if self._last_error else ""
             raise UserError(f"cannot connect to MQTT broker {self.url} within {timeout:g}s{why}; "
                             "is the broker running and the address right?", exit_code=1)
+        return self
+
+    def start(self) -> MqttClient:
+        """Start connecting in the background and return at once; retries forever.
+
+        Publishes made before the connection is up wait in memory and go out after it.
+        """
+        if not self._started:
+            self._started = True
+            self._closing = False
+            self._paho.connect_async(self.host, self.port, keepalive=self.keepalive)
+            self._paho.loop_start()
         return self
 
     @property

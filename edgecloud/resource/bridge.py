@@ -1,0 +1,285 @@
+"""The edge <-> cloud bridge of one edge site, with a durable on-disk outbox.
+
+`python -m edgecloud.resource.bridge CONFIG.json` (a `BridgeConfig`); one per edge site.
+
+Routing (site S):
+- up: a topic `sites/X/...` published on S's broker with X != S goes to the cloud broker;
+- down: a topic `sites/S/...` published on the cloud broker comes to S's broker;
+- anything else stays on the broker it was published on. Edge-to-edge traffic goes
+  through the cloud: S publishes `sites/T/...` locally, S's bridge takes it up, T's bridge
+  takes it down from the cloud.
+
+Delivery (QoS 1, at least once, order kept per topic):
+1. Both subscriptions use persistent sessions (clean_session=False, stable client ids), so
+   a source broker keeps what is published while the bridge is away.
+2. Received messages are acknowledged manually, and only AFTER their batch is committed
+   to the outbox (`edgecloud.resource.outbox`, SQLite WAL). Until then the source broker
+   still owns them and redelivers them if the bridge dies.
+3. Committed rows are forwarded in outbox order through a large in-flight window; the
+   target's acknowledgements move a delivery mark, committed with the next batch. At
+   (re)start, everything after the mark is sent again.
+4. Duplicates are dropped at ingress by envelope id (source brokers redeliver what the
+   bridge committed but had not acknowledged when it crashed).
+
+So a message the bridge has accepted survives a WAN partition, a bridge restart (SIGKILL
+included) and a restart of either broker (with Mosquitto, whose sessions persist; amqtt
+keeps sessions in memory, so what is queued inside an amqtt broker dies with it).
+
+Residual window, honestly: messages that were in flight to the target when the bridge was
+killed, or acknowledged by it after the last committed mark, are sent again after the
+restart and may reach the target twice. They carry the same envelope id, and edgecloud
+receivers (`MqttClient`) drop them. Payloads that are not edgecloud envelopes have no id:
+they are forwarded at least once but cannot be de-duplicated.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from edgecloud.log import get_logger
+from edgecloud.resource.mqtt import Message, MqttClient
+from edgecloud.resource.outbox import DIRECTIONS, Outbox, Row
+from edgecloud.service import Endpoint, run_service, stop_event_on_signals
+
+log = get_logger("bridge")
+
+BATCH_MAX = 2000          # messages per outbox transaction
+WINDOW = 2000             # unacknowledged publishes on the wire to a target broker
+HANDOFF_MAX = 20_000      # rows handed to a target client (in flight + queued in memory)
+SEEN_CAPACITY = 200_000   # envelope ids remembered for duplicate detection
+LOG_EVERY_S = 10.0
+PRUNE_EVERY_S = 5.0
+
+
+class BridgeConfig(BaseModel):
+    """Configuration of one edge site's bridge."""
+
+    site: str
+    local: Endpoint
+    cloud: Endpoint
+    data_dir: Path
+    keepalive_s: float = 5
+
+
+def route(site: str, topic: str) -> str | None:
+    """Direction a topic seen on `site`'s broker takes: "up" for `sites/X/...` (X != site)."""
+    if not topic.startswith("sites/"):
+        return None
+    target = topic[6:].split("/", 1)[0]
+    return "up" if target and target != site else None
+
+
+class Bridge:
+    """The bridge engine; `run(stop)` blocks. See the module docstring."""
+
+    def __init__(self, config: BridgeConfig) -> None:
+        self.config = config
+        self.site = config.site
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(config.data_dir / "outbox.db")
+        keepalive = max(1, round(config.keepalive_s))
+        common: dict[str, Any] = dict(clean_session=False, src=f"bridge-{self.site}",
+                                      keepalive=keepalive, max_inflight=WINDOW,
+                                      manual_ack=True, dedup=False,
+                                      on_delivered=self._on_delivered)
+        self.edge = MqttClient(config.local.url("mqtt"), f"ecbridge-{self.site}-edge", **common)
+        self.cloud = MqttClient(config.cloud.url("mqtt"), f"ecbridge-{self.site}-cloud",
+                                **common)
+        self.source = {"up": self.edge, "down": self.cloud}
+        self.target = {"up": self.cloud, "down": self.edge}
+        # Ingress: filled by the two network threads, drained by the pump (run()).
+        self._ingress: deque[tuple[str, Message]] = deque()
+        self._delivered: deque[tuple[str, int]] = deque()
+        self._wake = threading.Event()
+        # Per direction: seqs handed to the target in order, acks not yet contiguous,
+        # highest seq handed to the target client.
+        self._inflight: dict[str, deque[int]] = {d: deque() for d in DIRECTIONS}
+        self._acked: dict[str, set[int]] = {d: set() for d in DIRECTIONS}
+        self._handed: dict[str, int] = dict(self.outbox.marks)
+        self._new_marks: dict[str, int] = dict(self.outbox.marks)
+        self._mark_dirty = False
+        self._seen: OrderedDict[str, None] = OrderedDict.fromkeys(self.outbox.recent_ids())
+        self.stats: dict[str, int] = {"up_in": 0, "down_in": 0, "up_out": 0, "down_out": 0,
+                                      "duplicates_dropped": 0}
+
+    # -- network-thread callbacks (keep them short) --------------------------------------
+    def _on_edge_message(self, msg: Message) -> None:
+        if route(self.site, msg.topic) == "up":
+            self._ingress.append(("up", msg))
+            self._wake.set()
+        else:
+            self.edge.ack(msg)  # local traffic of this site, or what we brought down
+
+    def _on_cloud_message(self, msg: Message) -> None:
+        self._ingress.append(("down", msg))
+        self._wake.set()
+
+    def _on_delivered(self, token: Any) -> None:
+        self._delivered.append(token)
+        self._wake.set()
+
+    # -- the pump ----------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Connect, forward until `stop` is set, then shut down cleanly."""
+        backlog = {d: self.outbox.depth(d) for d in DIRECTIONS}
+        log.info("bridge starting", site=self.site, edge=self.edge.url, cloud=self.cloud.url,
+                 outbox=str(self.outbox.path), resend_up=backlog["up"],
+                 resend_down=backlog["down"])
+        self.edge.subscribe("sites/+/#", self._on_edge_message, qos=1)
+        self.cloud.subscribe(f"sites/{self.site}/#", self._on_cloud_message, qos=1)
+        self.edge.start()
+        self.cloud.start()
+        next_log = time.monotonic() + LOG_EVERY_S
+        next_prune = time.monotonic() + PRUNE_EVERY_S
+        try:
+            while not stop.is_set():
+                self._wake.wait(0.5)
+                self._wake.clear()
+                self._pump_once()
+                now = time.monotonic()
+                if now >= next_prune:
+                    next_prune = now + PRUNE_EVERY_S
+                    self.outbox.prune()
+                if now >= next_log:
+                    next_log = now + LOG_EVERY_S
+                    self._log_progress()
+        finally:
+            self._shutdown()
+
+    def _pump_once(self) -> None:
+        # Several rounds while the ingress keeps filling: batches grow under load, and a
+        # lone message is committed at once.
+        for _ in range(100):
+            batch = self._take_batch()
+            acks = self._take_acks()
+            if not batch and not acks and not self._refill_needed():
+                return
+            self._commit_and_forward(batch)
+            self._refill()
+
+    def _take_batch(self) -> list[tuple[str, Message]]:
+        ingress, batch = self._ingress, []
+        while ingress and len(batch) < BATCH_MAX:
+            batch.append(ingress.popleft())
+        return batch
+
+    def _take_acks(self) -> bool:
+        """Apply target acknowledgements; True if a delivery mark moved."""
+        moved_any = False
+        delivered = self._delivered
+        while delivered:
+            d, seq = delivered.popleft()
+            self.stats[f"{d}_out"] += 1
+            acked, inflight = self._acked[d], self._inflight[d]
+            acked.add(seq)
+            moved = False
+            while inflight and inflight[0] in acked:
+                acked.discard(inflight.popleft())
+                moved = True
+            if moved:
+                # Every row before the oldest unacknowledged one is delivered.
+                self._new_marks[d] = inflight[0] - 1 if inflight else self._handed[d]
+                moved_any = True
+        self._mark_dirty |= moved_any
+        return moved_any
+
+    def _commit_and_forward(self, batch: list[tuple[str, Message]]) -> None:
+        seen = self._seen
+        rows: dict[str, list[Row]] = {"up": [], "down": []}
+        accepted: list[tuple[str, Message]] = []
+        duplicates: list[tuple[str, Message]] = []
+        for d, msg in batch:
+            mid = msg.id
+            if mid:
+                if mid in seen:
+                    duplicates.append((d, msg))
+                    continue
+                seen[mid] = None
+            rows[d].append((msg.topic, msg.raw, int(msg.retain), mid))
+            accepted.append((d, msg))
+        while len(seen) > SEEN_CAPACITY:
+            seen.popitem(last=False)
+        marks = dict(self._new_marks) if self._mark_dirty else {}
+        if accepted or marks:
+            backlog = {d: self._handed[d] < self.outbox.last_seq[d] for d in DIRECTIONS}
+            first = self.outbox.write(rows, marks)
+            self._mark_dirty = False
+        else:
+            backlog, first = {}, {}
+        # Committed: now the source brokers may forget them.
+        for d, msg in accepted:
+            self.source[d].ack(msg)
+            self.stats[f"{d}_in"] += 1
+        for d, msg in duplicates:
+            self.source[d].ack(msg)
+            self.stats["duplicates_dropped"] += 1
+        for d, start in first.items():
+            target = self.target[d]
+            if backlog[d] or target.outstanding >= HANDOFF_MAX:
+                continue  # older rows still wait in the outbox; _refill keeps the order
+            inflight = self._inflight[d]
+            for i, (topic, payload, retain, _) in enumerate(rows[d]):
+                seq = start + i
+                inflight.append(seq)
+                target.publish_raw(topic, payload, 1, bool(retain), (d, seq))
+            self._handed[d] = start + len(rows[d]) - 1
+
+    def _refill_needed(self) -> bool:
+        return any(self._handed[d] < self.outbox.last_seq[d]
+                   and self.target[d].outstanding < HANDOFF_MAX // 2 for d in DIRECTIONS)
+
+    def _refill(self) -> None:
+        """Hand rows waiting in the outbox (restart, long outage) to the target, in order."""
+        for d in DIRECTIONS:
+            target = self.target[d]
+            while self._handed[d] < self.outbox.last_seq[d]:
+                room = HANDOFF_MAX - target.outstanding
+                if room < HANDOFF_MAX // 2:
+                    break
+                rows = self.outbox.read(d, self._handed[d], room)
+                if not rows:
+                    break
+                inflight = self._inflight[d]
+                for seq, topic, payload, retain in rows:
+                    inflight.append(seq)
+                    target.publish_raw(topic, payload, 1, bool(retain), (d, seq))
+                self._handed[d] = rows[-1][0]
+
+    def _log_progress(self) -> None:
+        s = self.stats
+        log.info("progress", site=self.site, up_in=s["up_in"], up_out=s["up_out"],
+                 down_in=s["down_in"], down_out=s["down_out"],
+                 outbox_up=self.outbox.depth("up"), outbox_down=self.outbox.depth("down"),
+                 duplicates=s["duplicates_dropped"], edge="up" if self.edge.connected else "down",
+                 cloud="up" if self.cloud.connected else "down")
+
+    def _shutdown(self) -> None:
+        # Give in-flight publishes a moment so the marks advance; what is still
+        # unacknowledged is resent at the next start.
+        for client in (self.cloud, self.edge):
+            if client.connected:
+                client.flush(2.0)
+        self._take_acks()
+        self._commit_and_forward([])
+        self._log_progress()
+        # Unacknowledged ingress (not committed) stays with the source brokers.
+        self.edge.close(flush_timeout=0)
+        self.cloud.close(flush_timeout=0)
+        self.outbox.close()
+        log.info("bridge stopped", site=self.site)
+
+
+def serve(config: BridgeConfig) -> None:
+    """Run the bridge of `config.site` until SIGTERM/SIGINT."""
+    stop = stop_event_on_signals()
+    Bridge(config).run(stop)
+
+
+if __name__ == "__main__":
+    run_service(BridgeConfig, serve)
