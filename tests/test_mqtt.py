@@ -1,0 +1,281 @@
+"""Codec and MqttClient against real brokers (amqtt and Mosquitto as subprocesses)."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from edgecloud.errors import UserError
+from edgecloud.procutil import free_port, spawn_service, stop_process, wait_port
+from edgecloud.resource.broker import BrokerConfig, mosquitto_path
+from edgecloud.resource.codec import PayloadError, decode, encode, encode_json
+from edgecloud.resource.mqtt import Message, MqttClient
+from edgecloud.service import Endpoint
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# -- codec ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("body", [
+    {"a": 1, "b": [1.5, "x", None, True]},
+    b"\x00\xffraw bytes",
+    {"nested": {"deep": [{"k": b"v"}, [1, [2, [3]]]]}, "n": -(2**40)},
+    "text", 42, None, [],
+])
+def test_codec_round_trip(body: object) -> None:
+    data = encode(body, src="cam-1")
+    env = decode(data)
+    assert env.body == body
+    assert env.src == "cam-1" and env.id and env.ts > 0 and env.raw == data
+
+
+def test_codec_ids_unique_and_explicit() -> None:
+    assert decode(encode(1)).id != decode(encode(1)).id
+    assert decode(encode(1, msg_id="fixed")).id == "fixed"
+
+
+def test_codec_foreign_payloads() -> None:
+    env = decode(b'{"temp": 21.5, "unit": "C"}')
+    assert env.id == "" and env.body == {"temp": 21.5, "unit": "C"}
+    assert decode(encode_json([1, 2])).body == [1, 2]
+    assert decode(b"\x00\x01binary").body == b"\x00\x01binary"
+    assert decode(b"").body == b""
+    # a msgpack map that is not an envelope: raw bytes, not an error
+    other = msgpack.packb({"x": 1})
+    assert decode(other).body == other
+
+
+@pytest.mark.parametrize("garbage", [
+    encode({"a": "b" * 50})[:-5],                    # truncated envelope
+    encode({"a": 1}) + b"trailing",                   # extra data after an envelope
+    msgpack.packb({"_ec": 1, "id": 7, "body": 1}),   # id of the wrong type
+    msgpack.packb({"_ec": 99, "id": "x"}),           # unknown version
+])
+def test_codec_malformed_raises(garbage: bytes) -> None:
+    with pytest.raises(PayloadError, match="envelope"):
+        decode(garbage)
+
+
+def test_codec_rejects_unencodable_body() -> None:
+    with pytest.raises(PayloadError, match="cannot encode"):
+        encode({"x": object()})
+
+
+# -- brokers -------------------------------------------------------------------------------
+class BrokerProc:
+    """A broker service subprocess that can be restarted on the same port."""
+
+    def __init__(self, tmp: Path, kind: str, name: str = "b") -> None:
+        self.kind, self.name, self.tmp = kind, name, tmp
+        self.endpoint = Endpoint(port=free_port())
+        self.config = BrokerConfig(site=name, listen=self.endpoint, data_dir=tmp / name,
+                                   kind=kind)  # type: ignore[arg-type]
+        self.log = tmp / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return self.endpoint.url("mqtt")
+
+    def start(self) -> BrokerProc:
+        self.proc = spawn_service(self.name, "edgecloud.resource.broker", self.config,
+                                  self.tmp / "run", self.log)
+        wait_port(self.endpoint.host, self.endpoint.port, proc=self.proc, name=self.name,
+                  log=self.log)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+
+KINDS = ["amqtt"] + (["mosquitto"] if mosquitto_path() else [])
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[BrokerProc]:
+    b = BrokerProc(tmp_path_factory.mktemp(request.param), request.param).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def clients(broker: BrokerProc) -> Iterator[Callable[..., MqttClient]]:
+    made: list[MqttClient] = []
+
+    def make(**kw: object) -> MqttClient:
+        c = MqttClient(broker.url, **kw).connect(10)  # type: ignore[arg-type]
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close(flush_timeout=0)
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def collector() -> tuple[list[Message], Callable[[Message], None]]:
+    got: list[Message] = []
+    lock = threading.Lock()
+
+    def handler(m: Message) -> None:
+        with lock:
+            got.append(m)
+    return got, handler
+
+
+def subscribed(c: MqttClient) -> None:
+    """Give the SUBSCRIBE a round trip (no SUBACK wait in the API: subscribe is async)."""
+    time.sleep(0.2)
+
+
+# -- MqttClient ----------------------------------------------------------------------------
+def test_publish_subscribe(clients: Callable[..., MqttClient]) -> None:
+    sub, pub = clients(), clients(src="pub-1")
+    got, h = collector()
+    sub.subscribe("t/ps", h)
+    subscribed(sub)
+    for i in range(200):
+        assert pub.publish("t/ps", {"i": i, "blob": b"\x00" * 100})
+    assert pub.flush(10)
+    assert wait_for(lambda: len(got) == 200)
+    assert [m.body["i"] for m in got] == list(range(200))  # order kept
+    m = got[0]
+    assert m.topic == "t/ps" and m.src == "pub-1" and m.qos == 1 and m.id and m.ts > 0
+    assert pub.stats["published"] == 200 and sub.stats["received"] == 200
+
+
+def test_wildcard_handlers(clients: Callable[..., MqttClient]) -> None:
+    c = clients()
+    plus, hash_, exact = collector(), collector(), collector()
+    c.subscribe("w/+/temp", plus[1])
+    c.subscribe("w/#", hash_[1])
+    c.subscribe("w/a/temp", exact[1])
+    subscribed(c)
+    c.publish("w/a/temp", 1)
+    c.publish("w/b/temp", 2)
+    c.publish("w/b/hum", 3)
+    c.publish("other/x", 4)
+    assert wait_for(lambda: len(hash_[0]) == 3)
+    assert wait_for(lambda: len(plus[0]) == 2)
+    time.sleep(0.2)
+    assert sorted(m.body for m in plus[0]) == [1, 2]
+    assert sorted(m.body for m in hash_[0]) == [1, 2, 3]
+    assert [m.body for m in exact[0]] == [1]
+    c.unsubscribe("w/#")
+    time.sleep(0.2)
+    c.publish("w/a/temp", 5)
+    assert wait_for(lambda: len(exact[0]) == 2)
+    time.sleep(0.2)
+    assert len(hash_[0]) == 3
+
+
+def test_malformed_and_failing_handlers_are_not_fatal(clients: Callable[..., MqttClient]) -> None:
+    sub, pub = clients(), clients()
+    got, h = collector()
+
+    def boom(m: Message) -> None:
+        if m.body == "explode":
+            raise RuntimeError("handler bug")
+
+    sub.subscribe("m/#", h)
+    sub.subscribe("m/#", boom)
+    subscribed(sub)
+    pub.publish_raw("m/x", encode({"k": "v" * 40})[:-4])  # broken envelope
+    pub.publish("m/x", "explode")
+    pub.publish_raw("m/x", b'{"plain": "json"}')
+    pub.publish("m/x", "after")
+    assert wait_for(lambda: len(got) == 3)
+    assert [m.body for m in got] == ["explode", {"plain": "json"}, "after"]
+    assert got[1].id == ""
+    assert sub.stats["malformed"] == 1 and sub.stats["handler_errors"] == 1
+
+
+def test_duplicate_ids_dropped(clients: Callable[..., MqttClient]) -> None:
+    sub, pub = clients(), clients()
+    got, h = collector()
+    sub.subscribe("d/x", h)
+    subscribed(sub)
+    data = encode({"once": True})
+    for _ in range(3):
+        pub.publish_raw("d/x", data)
+    pub.publish("d/x", "next")
+    assert wait_for(lambda: len(got) == 2)
+    time.sleep(0.2)
+    assert [m.body for m in got] == [{"once": True}, "next"]
+    assert sub.stats["duplicates_dropped"] == 2
+
+
+def test_flush_and_window(clients: Callable[..., MqttClient]) -> None:
+    pub = clients(max_inflight=50)
+    delivered: list[int] = []
+    pub.on_delivered = delivered.append
+    for i in range(3000):
+        pub.publish_raw("f/x", b"x" * 200, token=i)
+    assert pub.flush(20)
+    assert pub.outstanding == 0
+    assert sorted(delivered) == list(range(3000))
+
+
+def test_connect_unreachable_names_broker() -> None:
+    url = f"mqtt://127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match=url.replace(".", r"\.")):
+        MqttClient(url).connect(timeout=1)
+    assert time.monotonic() - t0 < 5
+
+
+def test_reconnect_after_broker_restart_resubscribes(tmp_path: Path) -> None:
+    b = BrokerProc(tmp_path, "amqtt", "restart").start()
+    try:
+        sub = MqttClient(b.url).connect()
+        pub = MqttClient(b.url).connect()
+        got, h = collector()
+        sub.subscribe("r/#", h)
+        subscribed(sub)
+        pub.publish("r/1", "before")
+        assert wait_for(lambda: len(got) == 1)
+        b.stop()
+        assert wait_for(lambda: not sub.connected, 5)
+        b.start()
+        assert sub.wait_connected(10) and pub.wait_connected(10)
+        time.sleep(0.3)  # the re-SUBSCRIBE is sent on connect; let it land
+        pub.publish("r/2", "after")
+        assert pub.flush(10)
+        assert wait_for(lambda: len(got) == 2)
+        assert [m.body for m in got] == ["before", "after"]
+        assert sub.stats["reconnects"] >= 1
+        sub.close()
+        pub.close()
+    finally:
+        b.stop()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_broker_busy_port_fails_clearly(tmp_path: Path, kind: str) -> None:
+    b = BrokerProc(tmp_path, "amqtt", "first").start()
+    try:
+        clash = BrokerProc(tmp_path, kind, "second")
+        clash.config.listen = b.endpoint
+        proc = spawn_service("second", "edgecloud.resource.broker", clash.config,
+                             tmp_path / "run", clash.log)
+        assert proc.wait(20) != 0
+        assert "already in use" in clash.log.read_text()
+    finally:
+        b.stop()
