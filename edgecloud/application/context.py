@@ -29,7 +29,7 @@ class Peer(BaseModel):
 class ControllerInfo(BaseModel):
     """Where the in-app controllers run and which policy class the app uses."""
 
-    policy: str = "edgecloud.application.control:BasicPolicy"
+    policy: str = "edgecloud.application.policy:BasicPolicy"
     params: dict[str, Any] = {}
     report_interval_s: float = 1.0
     sites: list[str] = []

@@ -56,10 +56,10 @@ def main() -> int:
         mqtt = MqttClient(ctx.broker_url, client_id=f"{ctx.app}.{ctx.instance}",
                           src=ctx.instance)
         mqtt.connect(timeout=30)
+        comp = cls(ctx, mqtt)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    comp = cls(ctx, mqtt)
     signal.signal(signal.SIGTERM, lambda *_: comp.stop())
     signal.signal(signal.SIGINT, lambda *_: comp.stop())
     comp._attach()

@@ -1,0 +1,84 @@
+"""The SDK end to end on one real broker: runner processes, send, metrics, faults."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgecloud.application.context import ControllerInfo, InstanceContext, Peer
+from edgecloud.procutil import free_port, spawn_service, stop_process, wait_port
+from edgecloud.resource.broker import BrokerConfig
+from edgecloud.resource.runtime import InstanceSpec, ProcessRuntime
+from edgecloud.service import Endpoint
+
+APPS = Path(__file__).parent / "apps"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[str]:
+    ep = Endpoint(port=free_port())
+    proc = spawn_service("broker", "edgecloud.resource.broker",
+                         BrokerConfig(site="cloud", listen=ep, data_dir=tmp_path / "b",
+                                      kind="amqtt"), tmp_path / "run", tmp_path / "broker.log")
+    wait_port(ep.host, ep.port, 20, proc)
+    yield ep.url("mqtt")
+    stop_process(proc)
+
+
+def wait_json(path: Path, pred: object, timeout: float = 20.0) -> dict:  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout
+    data: dict = {}  # type: ignore[type-arg]
+    while time.monotonic() < deadline:
+        try:
+            data = json.loads(path.read_text())
+            if pred(data):  # type: ignore[operator]
+                return data
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{path}: condition not met; last {data}")
+
+
+def test_relay_app_end_to_end(tmp_path: Path, broker: str) -> None:
+    out = tmp_path / "sink.json"
+    members = [Peer(instance="source-0", component="source", site="cloud"),
+               Peer(instance="relay-0", component="relay", site="cloud"),
+               Peer(instance="sink-0", component="sink", site="cloud")]
+    conns = {"source": ["relay"], "relay": ["sink"], "sink": []}
+    params = {"source": {"count": 50}, "sink": {"out": str(out)}}
+    ctrl = ControllerInfo(params={"alpha": 0.9})
+
+    def spec(comp: str) -> InstanceSpec:
+        ctx = InstanceContext(
+            app="t", instance=f"{comp}-0", component=comp, site="cloud", site_kind="cloud",
+            cloud_site="cloud", node="n1", broker_url=broker, files_url="http://127.0.0.1:9",
+            entry=f"sdk_app:{comp.capitalize()}", source_dir=str(APPS),
+            params=params.get(comp, {}), members=members, controller=ctrl,
+            peers={c: [p for p in members if p.component == c] for c in conns[comp]})
+        return InstanceSpec(app="t", name=f"{comp}-0", component=comp,
+                            context=ctx.model_dump(mode="json"))
+
+    rt = ProcessRuntime(tmp_path / "node", python=sys.executable)
+    try:
+        rt.apply([spec("sink"), spec("relay")])
+        time.sleep(2.0)  # receivers subscribe before the source starts sending
+        rt.apply([spec("sink"), spec("relay"), spec("source")])
+        data = wait_json(out, lambda d: len(d["seen"]) == 50)
+        assert data["seen"] == [i for i in range(50) if i != 3] + ["raw"]  # in order
+        assert data["sender"] == "relay"
+        assert data["decision"] == "escalate"  # BasicPolicy with alpha 0.9 from params
+        metrics = wait_json(tmp_path / "node/instances/t/sink-0/metrics.json",
+                            lambda d: any(m["name"] == "received" for m in d["metrics"]))
+        received = next(m for m in metrics["metrics"] if m["name"] == "received")
+        assert received["samples"][0][2] == 50
+        # the relay survived the bad message and says why in its log
+        relay = next(s for s in rt.statuses() if s.name == "relay-0")
+        assert relay.state == "Running" and relay.restarts == 0
+        assert "relay chokes on message 3" in rt.log_path("t", "relay-0").read_text()
+    finally:
+        rt.close()
