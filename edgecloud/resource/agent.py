@@ -1,0 +1,344 @@
+"""The node agent: joins the platform once, heartbeats, and follows the node's assignment.
+
+    run_agent(AgentConfig(platform_url=..., site="ec-1", name="ec-1-pc",
+                          join_token=..., state_dir=Path(".edgecloud/nodes/ec-1-pc")))
+
+All traffic is outbound HTTP to the platform (NAT friendly). State kept in `state_dir`:
+`node.json` (node id and token, mode 0600; a restarted agent needs no new join token) and
+`assignment.json` (the last desired instance set; served from disk while the platform is
+unreachable). Reconnects use exponential backoff with jitter, capped at ~10 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import threading
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+import psutil
+from pydantic import BaseModel, Field, ValidationError
+
+from edgecloud.errors import UserError
+from edgecloud.log import get_logger
+from edgecloud.resource.infra import Resources
+from edgecloud.resource.protocol import (
+    Assignment,
+    Heartbeat,
+    JoinRequest,
+    NodeMetrics,
+    PlatformClient,
+    PlatformError,
+    PlatformUnreachable,
+)
+
+log = get_logger("agent")
+
+LONG_POLL_S = 30.0
+MAX_BACKOFF_S = 10.0
+AssignmentHook = Callable[[Assignment], None]
+
+
+class AgentConfig(BaseModel):
+    """What `edgecloud agent` is told on its command line."""
+
+    platform_url: str
+    site: str
+    name: str
+    join_token: str | None = None
+    labels: dict[str, str] = {}
+    resources: Resources | None = Field(None, description="declared capacity; None = detect")
+    speed: float = Field(1.0, gt=0)
+    state_dir: Path
+    heartbeat_interval_s: float | None = Field(None, gt=0, description="None = platform's")
+
+
+class NodeCredentials(BaseModel):
+    """What the agent keeps from its join (state_dir/node.json, mode 0600)."""
+
+    node_id: str
+    node_token: str
+    site: str
+    name: str
+    heartbeat_interval_s: float
+    broker: str
+    files: str
+
+
+class AgentError(UserError):
+    """The agent cannot go on (bad join token, node removed); exits non-zero."""
+
+    exit_code = 1
+
+
+class Backoff:
+    """Exponential backoff with jitter: base, 2 x base, ... capped at `cap` seconds."""
+
+    def __init__(self, base: float = 0.5, cap: float = MAX_BACKOFF_S) -> None:
+        self.base, self.cap, self.failures = base, cap, 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.base * 2 ** self.failures)
+        self.failures += 1
+        # Jitter spreads the reconnects of many agents after a platform restart.
+        return delay * random.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def detect_resources() -> Resources:
+    """This host's capacity (cores, memory bytes; GPUs are not detected)."""
+    return Resources(cpu=float(psutil.cpu_count() or 1), memory=psutil.virtual_memory().total,
+                     gpu=0)
+
+
+def host_metrics(disk_path: Path) -> NodeMetrics:
+    """psutil metrics of this host for a heartbeat."""
+    mem = psutil.virtual_memory()
+    disk = psutil.disk_usage(str(disk_path))
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (None, None, None)
+    return NodeMetrics(cpu_percent=psutil.cpu_percent(interval=None), memory_used=mem.used,
+                       memory_total=mem.total, disk_used=disk.used, disk_total=disk.total,
+                       load1=load[0], load5=load[1], load15=load[2])
+
+
+def agent_version() -> str:
+    try:
+        return metadata.version("edgecloud")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _write_private(path: Path, text: str) -> None:
+    # Created 0600 from the start and swapped in atomically: never a half-written token.
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+
+
+class Agent:
+    """One node's agent; `run()` blocks until `stop` is set or a fatal error."""
+
+    def __init__(self, config: AgentConfig, stop: threading.Event | None = None,
+                 on_assignment: AssignmentHook | None = None) -> None:
+        self.config = config
+        self.stop = stop or threading.Event()
+        self.on_assignment = on_assignment
+        self.state_dir = config.state_dir
+        self.revision = -1
+        self.fatal: AgentError | None = None
+        self._poke = threading.Event()  # wakes the poller out of a backoff wait
+        self._creds: NodeCredentials | None = None
+
+    @property
+    def token_file(self) -> Path:
+        return self.state_dir / "node.json"
+
+    @property
+    def assignment_file(self) -> Path:
+        return self.state_dir / "assignment.json"
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def run(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        saved = self.load_assignment()
+        if saved is not None:
+            log.info("last assignment from disk", revision=saved.revision,
+                     instances=len(saved.instances))
+            self._deliver(saved)
+        creds = self._credentials()
+        if creds is None:  # stopped while joining
+            return
+        self._creds = creds
+        poller = threading.Thread(target=self._poll_loop, name="assignment-poll", daemon=True)
+        poller.start()
+        try:
+            self._heartbeat_loop(creds)
+        finally:
+            self.stop.set()
+            self._poke.set()
+            poller.join(timeout=2.0)  # a long-poll in flight is abandoned (daemon thread)
+        if self.fatal is not None:
+            raise self.fatal
+        log.info("agent stopped", node=creds.node_id)
+
+    def _fail(self, message: str) -> None:
+        if self.fatal is None:
+            self.fatal = AgentError(message)
+        self.stop.set()
+        self._poke.set()
+
+    # -- join ------------------------------------------------------------------------------
+    def load_credentials(self) -> NodeCredentials | None:
+        try:
+            creds = NodeCredentials.model_validate_json(self.token_file.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValidationError) as exc:
+            raise AgentError(f"{self.token_file}: unreadable node credentials ({exc}); "
+                             "delete it and join again with a new join token") from None
+        if (creds.site, creds.name) != (self.config.site, self.config.name):
+            raise AgentError(f"{self.token_file} belongs to node {creds.site}/{creds.name}, not "
+                             f"{self.config.site}/{self.config.name}; use another --state-dir")
+        return creds
+
+    def _credentials(self) -> NodeCredentials | None:
+        creds = self.load_credentials()
+        if creds is not None:
+            log.info("using saved node token", node=creds.node_id, file=str(self.token_file),
+                     join_token_ignored=self.config.join_token is not None)
+            return creds
+        if not self.config.join_token:
+            raise AgentError(f"node {self.config.site}/{self.config.name} has not joined yet "
+                             f"(no {self.token_file}); pass a join token: --token TOKEN "
+                             f"(create one with `edgecloud token create --site "
+                             f"{self.config.site}`)")
+        return self._join(self.config.join_token)
+
+    def _join(self, join_token: str) -> NodeCredentials | None:
+        cfg = self.config
+        req = JoinRequest(site=cfg.site, name=cfg.name, labels=cfg.labels,
+                          resources=cfg.resources or detect_resources(), speed=cfg.speed,
+                          agent_version=agent_version(), hostname=socket.gethostname())
+        backoff = Backoff()
+        with PlatformClient(cfg.platform_url, join_token) as client:
+            while not self.stop.is_set():
+                try:
+                    resp = client.join(req)
+                    break
+                except PlatformUnreachable as exc:
+                    delay = backoff.next()
+                    log.warning("platform unreachable, join retry", error=str(exc),
+                                retry_in_s=round(delay, 2))
+                    self.stop.wait(delay)
+                except PlatformError as exc:
+                    raise AgentError(self._join_hint(exc)) from None
+            else:
+                return None
+        creds = NodeCredentials(node_id=resp.node_id, node_token=resp.node_token, site=cfg.site,
+                                name=cfg.name, heartbeat_interval_s=resp.heartbeat_interval_s,
+                                broker=resp.broker, files=resp.files)
+        _write_private(self.token_file, creds.model_dump_json(indent=2))
+        log.info("joined", node=creds.node_id, platform=cfg.platform_url, broker=resp.broker,
+                 files=resp.files)
+        return creds
+
+    def _join_hint(self, exc: PlatformError) -> str:
+        cfg = self.config
+        what = f"joining {cfg.platform_url} as {cfg.site}/{cfg.name} failed: {exc.detail}"
+        if exc.status == 401:
+            return (f"{what}. Create a fresh join token with `edgecloud token create --site "
+                    f"{cfg.site}` and pass it with --token")
+        if exc.status == 404:
+            return f"{what}. Check --site against the registered infrastructure"
+        return what
+
+    # -- heartbeat ---------------------------------------------------------------------------
+    def _heartbeat_loop(self, creds: NodeCredentials) -> None:
+        interval = self.config.heartbeat_interval_s or creds.heartbeat_interval_s
+        psutil.cpu_percent(interval=None)  # primes the counter; the first reading is 0.0
+        backoff = Backoff(base=min(1.0, interval))
+        connected = True
+        with PlatformClient(self.config.platform_url, creds.node_token,
+                            timeout=max(5.0, 2 * interval)) as client:
+            while not self.stop.is_set():
+                beat = Heartbeat(metrics=host_metrics(self.state_dir),
+                                 interval_s=self.config.heartbeat_interval_s)
+                wait = interval
+                try:
+                    resp = client.heartbeat(creds.site, creds.name, beat)
+                    if not connected:
+                        log.info("platform reachable again", platform=self.config.platform_url)
+                        self._poke.set()
+                    connected = True
+                    backoff.reset()
+                    if resp.revision != self.revision:
+                        self._poke.set()
+                except PlatformUnreachable as exc:
+                    wait = backoff.next()
+                    if connected:
+                        log.warning("platform unreachable; running the last assignment "
+                                    "from disk and retrying", error=str(exc))
+                    connected = False
+                    log.info("heartbeat retry", retry_in_s=round(wait, 2))
+                except PlatformError as exc:
+                    if exc.status == 401:
+                        self._revoked(exc)
+                        return
+                    wait = backoff.next()
+                    log.warning("heartbeat refused", status=exc.status, detail=exc.detail)
+                self.stop.wait(wait)
+
+    def _revoked(self, exc: PlatformError) -> None:
+        # Keep the dead token aside so that a start with a new join token re-joins.
+        revoked = self.token_file.with_suffix(".json.revoked")
+        self.token_file.replace(revoked)
+        self._fail(f"the platform rejected the token of node {self.config.site}/"
+                   f"{self.config.name} ({exc.detail}): the node was removed or its token "
+                   f"revoked. Moved it to {revoked}; join again with a new token from "
+                   f"`edgecloud token create --site {self.config.site}`")
+
+    # -- assignment --------------------------------------------------------------------------
+    def _poll_loop(self) -> None:
+        creds = self._creds
+        assert creds is not None
+        backoff = Backoff()
+        with PlatformClient(self.config.platform_url, creds.node_token) as client:
+            while not self.stop.is_set():
+                try:
+                    a = client.assignment(creds.site, creds.name, after=self.revision,
+                                          wait=LONG_POLL_S)
+                    backoff.reset()
+                    # Any different revision is the platform's truth (also a lower one,
+                    # e.g. after its database was reset).
+                    if a.revision != self.revision and not self.stop.is_set():
+                        self.apply(a)
+                    continue
+                except PlatformUnreachable:
+                    pass  # the heartbeat loop logs connectivity; just retry
+                except PlatformError as exc:
+                    if exc.status == 401:
+                        return  # the heartbeat loop reports revocation
+                    log.warning("assignment fetch refused", status=exc.status,
+                                detail=exc.detail)
+                self._poke.wait(backoff.next())
+                self._poke.clear()
+
+    def apply(self, a: Assignment) -> None:
+        """Save a new assignment to disk, then hand it to `on_assignment`."""
+        _write_private(self.assignment_file, a.model_dump_json(indent=2))
+        log.info("assignment", revision=a.revision, instances=len(a.instances))
+        self._deliver(a)
+
+    def load_assignment(self) -> Assignment | None:
+        try:
+            a = Assignment.model_validate(json.loads(self.assignment_file.read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable assignment file", file=str(self.assignment_file),
+                        error=str(exc))
+            return None
+        return a
+
+    def _deliver(self, a: Assignment) -> None:
+        self.revision = a.revision
+        if self.on_assignment is not None:
+            try:
+                self.on_assignment(a)
+            except Exception:  # the agent keeps heartbeating even if a start fails
+                log.exception("on_assignment failed", revision=a.revision)
+
+
+def run_agent(config: AgentConfig, stop: threading.Event | None = None,
+              on_assignment: AssignmentHook | None = None) -> None:
+    """Run a node agent until `stop` is set; raises AgentError if it cannot go on."""
+    Agent(config, stop, on_assignment).run()
