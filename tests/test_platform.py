@@ -1,0 +1,283 @@
+"""The platform API against a real uvicorn process: auth, tokens, join, heartbeats,
+readiness, long-poll, status, metrics and `edgecloud token create`."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from edgecloud.cli.main import app as cli
+from edgecloud.platform.server import PlatformConfig
+from edgecloud.procutil import free_port, spawn_service, stop_process, wait_port
+from edgecloud.resource.infra import Resources, load_infrastructure
+from edgecloud.resource.protocol import (
+    Heartbeat,
+    JoinRequest,
+    NodeMetrics,
+    PlatformClient,
+    PlatformError,
+    RegisterInfrastructure,
+    SiteEndpoints,
+)
+from edgecloud.resource.state import RunState, SiteRuntime
+from edgecloud.service import Endpoint
+
+INFRA_FILE = Path(__file__).resolve().parents[1] / "examples" / "infra" / "local.yaml"
+HB = 0.3
+ADMIN = "admin-token-for-tests-0123456789"
+
+
+@dataclass
+class Plat:
+    url: str
+    endpoint: Endpoint
+    dir: Path
+
+    def admin(self) -> PlatformClient:
+        return PlatformClient(self.url, ADMIN)
+
+    def http(self, token: str | None = ADMIN) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url + "/api/v1", headers=headers, timeout=10)
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def register(p: Plat) -> None:
+    infra = load_infrastructure(INFRA_FILE)
+    sites = {s.name: SiteEndpoints(broker=f"mqtt://127.0.0.1:{1883 + i}",
+                                   files=f"http://127.0.0.1:{9000 + i}", platform=p.url)
+             for i, s in enumerate(infra.spec.sites)}
+    with p.admin() as c:
+        c.register_infrastructure(RegisterInfrastructure(infrastructure=infra, sites=sites))
+
+
+@pytest.fixture(scope="module")
+def plat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plat]:
+    d = tmp_path_factory.mktemp("platform")
+    (d / "admin.token").write_text(ADMIN)
+    ep = Endpoint(port=free_port())
+    cfg = PlatformConfig(listen=ep, db_url=f"sqlite:///{d / 'platform.db'}",
+                         admin_token_file=d / "admin.token", heartbeat_interval_s=HB)
+    proc = spawn_service("platform", "edgecloud.platform.server", cfg, d, d / "platform.log")
+    try:
+        wait_port(ep.host, ep.port, 20, proc, "platform", d / "platform.log")
+        p = Plat(ep.url("http"), ep, d)
+        register(p)
+        yield p
+    finally:
+        assert stop_process(proc, timeout=10) == 0, (d / "platform.log").read_text()
+
+
+def join(p: Plat, site: str, name: str, **extra: Any) -> str:
+    """Join a node by hand; returns its node token."""
+    with p.admin() as c:
+        token = c.create_token(site).token
+    with PlatformClient(p.url, token) as c:
+        return c.join(JoinRequest(site=site, name=name, resources=Resources(), **extra)).node_token
+
+
+def beat(p: Plat, token: str, site: str, name: str) -> int:
+    hb = Heartbeat(metrics=NodeMetrics(cpu_percent=12.5, memory_used=1 << 20,
+                                       memory_total=1 << 30))
+    with PlatformClient(p.url, token) as c:
+        return c.heartbeat(site, name, hb).revision
+
+
+def test_healthz_docs_and_registration(plat: Plat) -> None:
+    assert httpx.get(plat.url + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(plat.url + "/docs").status_code == 200
+    assert "/api/v1/nodes/join" in httpx.get(plat.url + "/openapi.json").json()["paths"]
+    register(plat)  # idempotent
+    with plat.admin() as c:
+        assert c.infrastructure()["metadata"]["name"] == "local"
+        assert [s.name for s in c.sites()] == ["cloud", "ec-1", "ec-2"]
+        nodes = {n.name: n for n in c.nodes()}
+        assert {"cc-1", "ec-1-pc", "ec-1-rpi1", "ec-2-rpi1"} <= set(nodes)
+        rpi = c.node("ec-1", "ec-1-rpi1")
+        assert rpi.id == "local/ec-1/ec-1-rpi1" and rpi.declared and rpi.labels == {
+            "camera": "true"}
+
+
+def test_auth_rules(plat: Plat) -> None:
+    with plat.http(None) as h:
+        r = h.get("/nodes")
+        assert r.status_code == 401 and "bearer" in r.json()["detail"]
+    with plat.http("not-a-token") as h:
+        assert h.get("/status").status_code == 401
+    node_token = join(plat, "ec-2", "ec-2-rpi1")
+    with plat.http(node_token) as h:
+        r = h.get("/nodes")
+        assert r.status_code == 403 and "admin" in r.json()["detail"]
+        assert h.post("/tokens", json={"site": "ec-2"}).status_code == 403
+        hb = {"metrics": {"cpu_percent": 1, "memory_used": 1, "memory_total": 2}}
+        r = h.post("/nodes/ec-1/ec-1-pc/heartbeat", json=hb)
+        assert r.status_code == 403 and "cannot act for" in r.json()["detail"]
+        assert h.get("/nodes/ec-1/ec-1-pc/assignment").status_code == 403
+        assert h.post("/nodes/ec-2/ec-2-rpi1/heartbeat", json=hb).status_code == 200
+    with plat.http() as h:  # the admin cannot heartbeat for a node either
+        assert h.get("/nodes/ec-2/ec-2-rpi1/assignment").status_code == 403
+        r = h.post("/tokens", json={"site": "ec-1", "bogus": 1})
+        assert r.status_code == 422 and "bogus" in r.json()["detail"]
+
+
+def test_join_tokens(plat: Plat) -> None:
+    with plat.admin() as c:
+        with pytest.raises(PlatformError) as e:
+            c.create_token("nowhere")
+        assert e.value.status == 404
+        tok = c.create_token("ec-1", ttl_s=60)
+        short = c.create_token("ec-1", ttl_s=0.2)
+    assert tok.site == "ec-1"
+    req = JoinRequest(site="ec-1", name="ec-1-pc", resources=Resources(cpu=2), hostname="h")
+    with PlatformClient(plat.url, tok.token) as c:
+        with pytest.raises(PlatformError) as e:  # wrong site: refused, token not consumed
+            c.join(req.model_copy(update={"site": "ec-2"}))
+        assert e.value.status == 403 and "ec-1" in e.value.detail
+        resp = c.join(req)
+        assert resp.node_id == "local/ec-1/ec-1-pc"
+        assert resp.broker.startswith("mqtt://") and resp.heartbeat_interval_s == HB
+        with pytest.raises(PlatformError) as e:
+            c.join(req)
+        assert e.value.status == 401 and "already used" in e.value.detail
+    time.sleep(0.3)
+    with PlatformClient(plat.url, short.token) as c, pytest.raises(PlatformError) as e:
+        c.join(req)
+    assert e.value.status == 401 and "expired" in e.value.detail
+    with plat.http(resp.node_token) as h:  # the new node token works
+        assert h.get("/nodes/ec-1/ec-1-pc/assignment").status_code == 200
+
+
+def test_extension_node_and_name_clash(plat: Plat) -> None:
+    token = join(plat, "ec-1", "ec-1-extra", labels={"gpu": "no"})
+    assert beat(plat, token, "ec-1", "ec-1-extra") == 0
+    with plat.admin() as c:
+        n = c.node("ec-1", "ec-1-extra")
+        assert not n.declared and n.joined and n.state == "Ready" and n.labels == {"gpu": "no"}
+        with pytest.raises(PlatformError) as e:
+            join(plat, "ec-2", "ec-1-extra")
+        assert e.value.status == 409
+        c.delete_node("ec-1", "ec-1-extra")
+    with plat.http(token) as h:  # a removed node's token is dead
+        assert h.get("/nodes/ec-1/ec-1-extra/assignment").status_code == 401
+
+
+def test_readiness_follows_heartbeats(plat: Plat) -> None:
+    token = join(plat, "cloud", "cc-1")
+    with plat.admin() as c:
+        assert c.node("cloud", "cc-1").state == "NotReady"
+        t0 = time.monotonic()
+        beat(plat, token, "cloud", "cc-1")
+        assert c.node("cloud", "cc-1").state == "Ready"
+        wait_until(lambda: c.node("cloud", "cc-1").state == "NotReady", 3 * HB + 1.0,
+                   "NotReady after missed beats")
+        assert time.monotonic() - t0 >= 3 * HB
+        beat(plat, token, "cloud", "cc-1")
+        assert c.node("cloud", "cc-1").state == "Ready"
+        kinds = [e["kind"] for e in c.request("GET", "/events", "events")
+                 if e["subject"] == "local/cloud/cc-1"]
+    assert kinds[:4] == ["node.joined", "node.ready", "node.not_ready", "node.ready"]
+
+
+def test_long_poll(plat: Plat) -> None:
+    token = join(plat, "ec-1", "ec-1-rpi1")
+    with PlatformClient(plat.url, token) as c:
+        first = c.assignment("ec-1", "ec-1-rpi1", after=-1, wait=10)  # at once
+        assert first.instances == []
+        t0 = time.monotonic()
+        same = c.assignment("ec-1", "ec-1-rpi1", after=first.revision, wait=0.5)
+        assert same.revision == first.revision and 0.45 < time.monotonic() - t0 < 3
+
+        got: list[Any] = []
+        poller = threading.Thread(target=lambda: got.append(
+            c.assignment("ec-1", "ec-1-rpi1", after=first.revision, wait=20)))
+        poller.start()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        with plat.http() as h:
+            r = h.put("/nodes/ec-1/ec-1-rpi1/assignment",
+                      json={"instances": [{"name": "cam-0"}]})
+            assert r.status_code == 200
+        poller.join(10)
+        assert time.monotonic() - t0 < 1.0, "long-poll did not return promptly"
+    assert got[0].revision == first.revision + 1 and got[0].instances == [{"name": "cam-0"}]
+
+
+def test_status_and_metrics(plat: Plat) -> None:
+    token = join(plat, "ec-1", "ec-1-pc")
+    beat(plat, token, "ec-1", "ec-1-pc")
+    with plat.admin() as c:
+        doc = c.status()
+    assert doc["platform"]["url"] == plat.url and doc["infra"] == "local"
+    site = next(s for s in doc["sites"] if s["name"] == "ec-1")
+    assert set(site) == {"name", "kind", "broker", "files", "nodes"} and site["kind"] == "edge"
+    node = next(n for n in site["nodes"] if n["name"] == "ec-1-pc")
+    assert set(node) == {"name", "id", "state", "labels", "resources", "last_heartbeat",
+                         "metrics"}
+    assert node["id"] == "local/ec-1/ec-1-pc" and node["state"] in ("Ready", "NotReady")
+    assert node["metrics"]["cpu_percent"] == 12.5 and node["last_heartbeat"].endswith("Z")
+    text = httpx.get(plat.url + "/metrics").text
+    assert 'edgecloud_node_ready{node="ec-1-pc",site="ec-1"}' in text
+    assert 'edgecloud_node_cpu_percent{node="ec-1-pc",site="ec-1"} 12.5' in text
+    assert 'edgecloud_node_memory_total_bytes{node="ec-1-pc",site="ec-1"}' in text
+    assert 'edgecloud_node_heartbeats_total{node="ec-1-pc",site="ec-1"}' in text
+
+
+def test_other_infrastructure_refused(plat: Plat) -> None:
+    data = load_infrastructure(INFRA_FILE).model_dump(by_alias=True)
+    data["metadata"]["name"] = "other"
+    sites = {s["name"]: {"broker": "mqtt://x:1", "files": "http://x:2", "platform": plat.url}
+             for s in data["spec"]["sites"]}
+    with plat.http() as h:
+        r = h.put("/infrastructure", json={"infrastructure": data, "sites": sites})
+        assert r.status_code == 409 and "local" in r.json()["detail"]
+        del sites["ec-2"]
+        data["metadata"]["name"] = "local"
+        r = h.put("/infrastructure", json={"infrastructure": data, "sites": sites})
+        assert r.status_code == 422 and "ec-2" in r.json()["detail"]
+
+
+def test_token_create_command(plat: Plat, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "admin.token").write_text(ADMIN)
+    os.chmod(home / "admin.token", 0o600)
+    route = Endpoint(port=free_port())
+    sites = [SiteRuntime(name="cloud", kind="cloud", broker=Endpoint(port=1), files=Endpoint(
+        port=2)), SiteRuntime(name="ec-2", kind="edge", broker=Endpoint(port=3),
+                              files=Endpoint(port=4), routes={"platform": route})]
+    state = RunState(infra="local", infra_file=INFRA_FILE, home=home, supervisor_pid=os.getpid(),
+                     broker_kind="amqtt", platform=plat.endpoint, sites=sites)
+    (home / "state.json").write_text(state.model_dump_json())
+    runner = CliRunner()
+    r = runner.invoke(cli, ["token", "create", "--site", "ec-2", "--ttl", "10m", "--home",
+                            str(home)])
+    assert r.exit_code == 0, r.output
+    assert f"edgecloud agent --platform {route.url('http')} --token " in r.output
+    assert "--site ec-2 --name <NODE-NAME>" in r.output
+    token = r.output.split("--token ")[1].split()[0]
+    with PlatformClient(plat.url, token) as c:  # the printed token joins
+        assert c.join(JoinRequest(site="ec-2", name="ec-2-cli", resources=Resources())).node_id
+    r = runner.invoke(cli, ["token", "create", "--site", "ec-2", "--json", "--home", str(home)])
+    assert r.exit_code == 0 and '"token"' in r.output
+    r = runner.invoke(cli, ["token", "create", "--site", "nowhere", "--home", str(home)])
+    assert r.exit_code != 0 and "nowhere" in r.output
+    r = runner.invoke(cli, ["token", "create", "--site", "ec-2", "--home", str(tmp_path)])
+    assert r.exit_code != 0 and "no edgecloud infrastructure is running" in r.output
