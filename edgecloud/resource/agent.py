@@ -165,7 +165,9 @@ class Agent:
         finally:
             self.stop.set()
             self._poke.set()
-            poller.join(timeout=2.0)  # a long-poll in flight is abandoned (daemon thread)
+            # A long-poll in flight may take up to LONG_POLL_S: abandon it (daemon thread,
+            # it applies nothing once `stop` is set) rather than delay the exit.
+            poller.join(timeout=0.3)
         if self.fatal is not None:
             raise self.fatal
         log.info("agent stopped", node=creds.node_id)
@@ -291,19 +293,23 @@ class Agent:
         creds = self._creds
         assert creds is not None
         backoff = Backoff()
+        synced = False
         with PlatformClient(self.config.platform_url, creds.node_token) as client:
             while not self.stop.is_set():
                 try:
-                    a = client.assignment(creds.site, creds.name, after=self.revision,
-                                          wait=LONG_POLL_S)
+                    # After (re)connecting, fetch the current assignment at once: the
+                    # platform's revision may be lower than ours (its database was reset).
+                    a = client.assignment(creds.site, creds.name,
+                                          after=self.revision if synced else -1,
+                                          wait=LONG_POLL_S if synced else 0.0)
+                    synced = True
                     backoff.reset()
-                    # Any different revision is the platform's truth (also a lower one,
-                    # e.g. after its database was reset).
+                    # Any different revision is the platform's truth.
                     if a.revision != self.revision and not self.stop.is_set():
                         self.apply(a)
                     continue
                 except PlatformUnreachable:
-                    pass  # the heartbeat loop logs connectivity; just retry
+                    synced = False  # the heartbeat loop logs connectivity; just retry
                 except PlatformError as exc:
                     if exc.status == 401:
                         return  # the heartbeat loop reports revocation
