@@ -90,8 +90,10 @@ def join(p: Plat, site: str, name: str, **extra: Any) -> str:
     """Join a node by hand; returns its node token."""
     with p.admin() as c:
         token = c.create_token(site).token
+    req = JoinRequest.model_validate({"site": site, "name": name, "resources": Resources(),
+                                      **extra})
     with PlatformClient(p.url, token) as c:
-        return c.join(JoinRequest(site=site, name=name, resources=Resources(), **extra)).node_token
+        return c.join(req).node_token
 
 
 def beat(p: Plat, token: str, site: str, name: str) -> int:
@@ -197,7 +199,11 @@ def test_readiness_follows_heartbeats(plat: Plat) -> None:
 
 
 def test_long_poll(plat: Plat) -> None:
-    token = join(plat, "ec-1", "ec-1-rpi1")
+    token = join(plat, "ec-1", "ec-1-rpi1", labels={"zone": "a"}, resources=None,
+                 detected=Resources(cpu=64))
+    with plat.admin() as admin:  # declared labels and resources survive a bare join
+        node = admin.node("ec-1", "ec-1-rpi1")
+        assert node.labels == {"camera": "true", "zone": "a"} and node.resources.cpu == 4
     with PlatformClient(plat.url, token) as c:
         first = c.assignment("ec-1", "ec-1-rpi1", after=-1, wait=10)  # at once
         assert first.instances == []

@@ -29,7 +29,7 @@ from edgecloud.platform.auth import (
 )
 from edgecloud.platform.core import Platform
 from edgecloud.platform.monitor import NodeTransition, node_info, status_document
-from edgecloud.resource.infra import semantic_problems
+from edgecloud.resource.infra import Resources, semantic_problems
 from edgecloud.resource.protocol import (
     Assignment,
     Heartbeat,
@@ -211,9 +211,13 @@ def join(req: JoinRequest, p: PlatformDep, who: JoinDep) -> JoinResponse:
     node_id = f"{current[0]}/{req.site}/{req.name}"
     existing = p.store.node(req.site, req.name)
     declared = existing is not None and bool(existing["declared"])
+    labels = {**(existing["labels"] if existing else {}), **req.labels}
+    resources = (req.resources.model_dump() if req.resources else
+                 existing["resources"] if declared and existing else
+                 (req.detected or Resources()).model_dump())
     node_token = new_token()
-    row = {"id": node_id, "site": req.site, "name": req.name, "labels": req.labels,
-           "resources": req.resources.model_dump(), "speed": req.speed,
+    row = {"id": node_id, "site": req.site, "name": req.name, "labels": labels,
+           "resources": resources, "speed": req.speed,
            "agent_version": req.agent_version, "hostname": req.hostname}
     if not p.store.join_node(who.token_hash, row, hash_token(node_token)):
         raise unauthorized("join token already used or expired")

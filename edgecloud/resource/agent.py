@@ -208,7 +208,7 @@ class Agent:
     def _join(self, join_token: str) -> NodeCredentials | None:
         cfg = self.config
         req = JoinRequest(site=cfg.site, name=cfg.name, labels=cfg.labels,
-                          resources=cfg.resources or detect_resources(), speed=cfg.speed,
+                          resources=cfg.resources, detected=detect_resources(), speed=cfg.speed,
                           agent_version=agent_version(), hostname=socket.gethostname())
         backoff = Backoff()
         with PlatformClient(cfg.platform_url, join_token) as client:

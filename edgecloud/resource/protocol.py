@@ -79,10 +79,15 @@ class TokenResponse(BaseModel):
 
 
 class JoinRequest(StrictModel):
+    """A node asks to join. For a node declared in the infrastructure, its declared labels
+    are kept (the agent's add to or override them) and its declared resources are used
+    unless the agent states `resources` explicitly; `detected` is the fallback."""
+
     site: str
     name: Name
     labels: dict[str, str] = {}
-    resources: Resources
+    resources: Resources | None = Field(None, description="capacity stated by the operator")
+    detected: Resources | None = Field(None, description="capacity detected on the host")
     speed: float = Field(1.0, gt=0)
     agent_version: str = ""
     hostname: str = ""
