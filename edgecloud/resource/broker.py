@@ -16,6 +16,7 @@ QoS>0 messages are saved to data_dir every `AUTOSAVE_S` seconds and at a clean s
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import getpass
 import logging
 import os
@@ -24,7 +25,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -86,6 +87,107 @@ class OpenAuthPlugin(_BaseAuthPlugin):  # type: ignore[misc,valid-type]
         return True
 
 
+def patch_amqtt_qos1_redelivery() -> None:
+    """Make amqtt keep an unacknowledged outgoing QoS 1 message for redelivery.
+
+    amqtt 0.12 drops an outgoing QoS 1 message from the session when the subscriber
+    disconnects before its PUBACK (the waiter is cancelled) or does not PUBACK within 5 s,
+    so a subscriber killed mid-stream loses what was in flight to it, even with a
+    persistent session. MQTT 3.1.1 (4.4) wants it resent on reconnect: here the message
+    leaves the session's in-flight set only once acknowledged; amqtt's reconnect path
+    (`_retry_deliveries`) then resends it with DUP set.
+    """
+    from amqtt.mqtt.protocol.handler import ProtocolHandler
+    from amqtt.session import OUTGOING
+
+    original = ProtocolHandler._handle_qos1_message_flow
+    if getattr(original, "_edgecloud_patched", False):
+        return
+
+    async def qos1_flow(self: Any, app_message: Any) -> None:
+        if app_message.direction != OUTGOING or app_message.puback_packet or self.session is None:
+            return await original(self, app_message)
+        pid = app_message.packet_id
+        self.session.inflight_out[pid] = app_message  # before sending: a dead socket raises
+        dup = app_message.publish_packet is not None
+        packet = app_message.build_publish_packet(dup=dup)
+        await self._send_packet(packet)
+        app_message.publish_packet = packet
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._puback_waiters[pid] = waiter
+        try:
+            # No timeout: a live client acknowledges; a dead connection cancels the waiter.
+            app_message.puback_packet = await waiter
+        finally:
+            if self._puback_waiters.get(pid) is waiter:
+                del self._puback_waiters[pid]
+        self.session.inflight_out.pop(pid, None)
+
+    qos1_flow._edgecloud_patched = True  # type: ignore[attr-defined]
+    ProtocolHandler._handle_qos1_message_flow = qos1_flow  # type: ignore[method-assign]
+
+
+_BACKLOG = contextvars.ContextVar("edgecloud_amqtt_backlog", default=False)
+
+
+def patch_amqtt_reconnect_order() -> None:
+    """Make amqtt deliver a persistent session's backlog before live messages, in order.
+
+    amqtt 0.12 marks a reconnecting session connected before it resends the in-flight
+    messages and the messages queued while it was away, so messages published meanwhile
+    overtake the backlog (order per topic broken). It also sends the queued messages with
+    the RETAIN flag set, which a bridge would then make retained on the other broker.
+    Here live publishes to a reconnecting persistent session wait behind a gate that
+    opens once the backlog has been handed to the connection, and queued messages go out
+    with RETAIN=0.
+    """
+    from amqtt.broker import Broker
+    from amqtt.mqtt.protocol.handler import ProtocolHandler
+
+    if getattr(Broker._publish_session_retained_messages, "_edgecloud_patched", False):
+        return
+    original_init = Broker._initialize_client_session
+    original_publish = ProtocolHandler.mqtt_publish
+
+    async def init_session(self: Any, *args: Any, **kwargs: Any) -> Any:
+        handler, session = await original_init(self, *args, **kwargs)
+        old = getattr(session, "_ec_gate", None)
+        if old is not None:
+            old.set()  # release publishes still waiting from a previous connection
+        session._ec_gate = None if session.clean_session else asyncio.Event()
+        return handler, session
+
+    async def gated_publish(self: Any, topic: str, data: Any, qos: Any, retain: bool,
+                            ack_timeout: Any = None) -> Any:
+        gate = getattr(self.session, "_ec_gate", None)
+        if gate is not None and not gate.is_set() and not _BACKLOG.get():
+            await gate.wait()
+        return await original_publish(self, topic, data, qos, retain, ack_timeout)
+
+    async def publish_backlog(self: Any, session: Any) -> None:
+        tasks = []
+        token = _BACKLOG.set(True)  # copied into the tasks created below: they pass the gate
+        try:
+            handler = self._get_handler(session)
+            if handler:
+                while not session.retained_messages.empty():
+                    queued = session.retained_messages.get_nowait()
+                    tasks.append(asyncio.ensure_future(
+                        handler.mqtt_publish(queued.topic, queued.data, queued.qos, False)))
+        finally:
+            _BACKLOG.reset(token)
+            gate = getattr(session, "_ec_gate", None)
+            if gate is not None:
+                gate.set()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    publish_backlog._edgecloud_patched = True  # type: ignore[attr-defined]
+    Broker._initialize_client_session = init_session  # type: ignore[method-assign]
+    ProtocolHandler.mqtt_publish = gated_publish  # type: ignore[method-assign]
+    Broker._publish_session_retained_messages = publish_backlog  # type: ignore[method-assign]
+
+
 def amqtt_config(config: BrokerConfig) -> dict[str, object]:
     """The amqtt broker configuration for a site: one TCP listener, no $SYS, open auth."""
     return {
@@ -115,6 +217,8 @@ async def _amqtt_main(config: BrokerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    patch_amqtt_qos1_redelivery()
+    patch_amqtt_reconnect_order()
     broker = Broker(amqtt_config(config))
     try:
         await broker.start()
