@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field, ValidationError
 from edgecloud.errors import UserError
 from edgecloud.log import get_logger
 from edgecloud.resource.infra import Resources
+from edgecloud.resource.node import NodeRuntime
 from edgecloud.resource.protocol import (
     Assignment,
     Heartbeat,
@@ -128,10 +129,15 @@ class Agent:
     """One node's agent; `run()` blocks until `stop` is set or a fatal error."""
 
     def __init__(self, config: AgentConfig, stop: threading.Event | None = None,
-                 on_assignment: AssignmentHook | None = None) -> None:
+                 on_assignment: AssignmentHook | None = None, run_instances: bool = False
+                 ) -> None:
+        """`run_instances`: run the assigned instances (NodeRuntime) and report them;
+        otherwise only `on_assignment` sees assignments (tests, embedding)."""
         self.config = config
         self.stop = stop or threading.Event()
         self.on_assignment = on_assignment
+        self.run_instances = run_instances
+        self.node: NodeRuntime | None = None
         self.state_dir = config.state_dir
         self.revision = -1
         self.fatal: AgentError | None = None
@@ -149,6 +155,11 @@ class Agent:
     # -- lifecycle -------------------------------------------------------------------------
     def run(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        # A node that joined before has its credentials on disk: it starts its last
+        # assignment at once, whether the platform is reachable or not.
+        saved_creds = self.load_credentials()
+        if saved_creds is not None:
+            self._start_node(saved_creds)
         saved = self.load_assignment()
         if saved is not None:
             log.info("last assignment from disk", revision=saved.revision,
@@ -158,6 +169,7 @@ class Agent:
         if creds is None:  # stopped while joining
             return
         self._creds = creds
+        self._start_node(creds)
         poller = threading.Thread(target=self._poll_loop, name="assignment-poll", daemon=True)
         poller.start()
         try:
@@ -168,9 +180,15 @@ class Agent:
             # A long-poll in flight may take up to LONG_POLL_S: abandon it (daemon thread,
             # it applies nothing once `stop` is set) rather than delay the exit.
             poller.join(timeout=0.3)
+            if self.node is not None:
+                self.node.close()
         if self.fatal is not None:
             raise self.fatal
         log.info("agent stopped", node=creds.node_id)
+
+    def _start_node(self, creds: NodeCredentials) -> None:
+        if self.run_instances and self.node is None:
+            self.node = NodeRuntime(self.state_dir, creds.site, creds.files, creds.broker)
 
     def _fail(self, message: str) -> None:
         if self.fatal is None:
@@ -252,8 +270,9 @@ class Agent:
         with PlatformClient(self.config.platform_url, creds.node_token,
                             timeout=max(5.0, 2 * interval)) as client:
             while not self.stop.is_set():
-                beat = Heartbeat(metrics=host_metrics(self.state_dir),
-                                 interval_s=self.config.heartbeat_interval_s)
+                instances, logs = self.node.report() if self.node else ([], {})
+                beat = Heartbeat(metrics=host_metrics(self.state_dir), instances=instances,
+                                 logs=logs, interval_s=self.config.heartbeat_interval_s)
                 wait = interval
                 try:
                     resp = client.heartbeat(creds.site, creds.name, beat)
@@ -337,6 +356,8 @@ class Agent:
 
     def _deliver(self, a: Assignment) -> None:
         self.revision = a.revision
+        if self.node is not None:
+            self.node.apply(a.instances)
         if self.on_assignment is not None:
             try:
                 self.on_assignment(a)
@@ -345,6 +366,6 @@ class Agent:
 
 
 def run_agent(config: AgentConfig, stop: threading.Event | None = None,
-              on_assignment: AssignmentHook | None = None) -> None:
+              on_assignment: AssignmentHook | None = None, run_instances: bool = True) -> None:
     """Run a node agent until `stop` is set; raises AgentError if it cannot go on."""
-    Agent(config, stop, on_assignment).run()
+    Agent(config, stop, on_assignment, run_instances).run()

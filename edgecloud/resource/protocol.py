@@ -119,6 +119,9 @@ class Heartbeat(StrictModel):
     metrics: NodeMetrics
     instances: list[dict[str, Any]] = Field(
         default=[], description="per-instance status (typed once instances exist)")
+    logs: dict[str, str] = Field(
+        default={}, description="new output per instance (`<app>/<instance>`) since the "
+                                "last heartbeat")
     interval_s: float | None = Field(
         None, gt=0, description="the agent's heartbeat interval, if not the platform's")
 

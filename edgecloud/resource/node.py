@@ -1,0 +1,119 @@
+"""What a node does with its assignment: fetch app bundles, run instances, report back.
+
+`NodeRuntime` sits between the agent (control channel) and the process runtime:
+`apply(assignment)` turns the desired instance list into running processes, first
+fetching each application's code bundle through the site's file service (cached per
+sha256, so a site's nodes share one WAN transfer and a restart needs none);
+`report()` returns instance statuses and the new lines of each instance's output for the
+next heartbeat, so `edgecloud app logs` works for nodes behind NAT.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from edgecloud.log import get_logger
+from edgecloud.resource.runtime import InstanceSpec, ProcessRuntime
+
+log = get_logger("node")
+
+LOG_CHUNK_MAX = 64 * 1024
+
+
+class NodeRuntime:
+    """Runs a node's assignment; see the module docstring."""
+
+    def __init__(self, state_dir: Path, site: str, files_url: str, broker_url: str) -> None:
+        self.state_dir = state_dir
+        self.site = site
+        self.files_url = files_url
+        self.broker_url = broker_url
+        self.runtime = ProcessRuntime(state_dir)
+        self._offsets: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    # -- assignment ----------------------------------------------------------------------
+    def apply(self, instances: list[dict[str, Any]]) -> None:
+        specs: list[InstanceSpec] = []
+        for raw in instances:
+            try:
+                spec = InstanceSpec.model_validate(raw)
+                specs.append(self._localise(spec))
+            except Exception as exc:  # one bad instance must not block the others
+                log.error("cannot prepare instance", instance=str(raw.get("name")),
+                          error=str(exc))
+        with self._lock:
+            self.runtime.apply(specs)
+            alive = {f"{s.app}/{s.name}" for s in specs}
+            self._offsets = {k: v for k, v in self._offsets.items() if k in alive}
+
+    def _localise(self, spec: InstanceSpec) -> InstanceSpec:
+        """Fill in what only the node knows: its site's endpoints and the bundle path."""
+        ctx = dict(spec.context)
+        ctx.setdefault("broker_url", self.broker_url)
+        ctx.setdefault("files_url", self.files_url)
+        bundle = ctx.get("bundle")
+        if bundle:
+            root = self.fetch_bundle(bundle)
+            ctx["source_dir"] = str(root / ctx.get("bundle_subdir", ""))
+            ctx["python_path"] = [str(root / p) for p in ctx.get("bundle_python_path", [])]
+        return spec.model_copy(update={"context": ctx})
+
+    def fetch_bundle(self, ref: dict[str, Any]) -> Path:
+        """Unpacked bundle directory for a FileRef, fetched once per sha256."""
+        from edgecloud.resource.files import FileClient, FileRef
+
+        file_ref = FileRef.model_validate(ref)
+        dest = self.state_dir / "bundles" / file_ref.sha256
+        if (dest / ".complete").exists():
+            return dest
+        with tempfile.TemporaryDirectory(dir=self.state_dir) as tmp:
+            archive = Path(tmp) / "bundle.tar.gz"
+            FileClient(self.files_url, self.site).get_to(file_ref, archive)
+            staging = Path(tmp) / "x"
+            with tarfile.open(archive) as tar:
+                tar.extractall(staging, filter="data")  # no absolute paths or links out
+            (staging / ".complete").touch()
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            staging.replace(dest)
+        log.info("bundle fetched", sha256=file_ref.sha256[:12], size=file_ref.size)
+        return dest
+
+    # -- reporting -----------------------------------------------------------------------
+    def report(self) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """Instance statuses and new output per instance since the last report."""
+        statuses = self.runtime.statuses()
+        logs: dict[str, str] = {}
+        with self._lock:
+            for s in statuses:
+                key = f"{s.app}/{s.name}"
+                chunk = self._new_output(key, self.runtime.log_path(s.app, s.name))
+                if chunk:
+                    logs[key] = chunk
+        return [s.model_dump(mode="json") for s in statuses], logs
+
+    def _new_output(self, key: str, path: Path) -> str:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return ""
+        offset = self._offsets.get(key, 0)
+        if size < offset:  # the log was rotated
+            offset = 0
+        if size == offset:
+            return ""
+        start = max(offset, size - LOG_CHUNK_MAX)  # a burst beyond the cap is skipped
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            data = fh.read(size - start)
+        self._offsets[key] = size
+        return data.decode(errors="replace")
+
+    def close(self) -> None:
+        self.runtime.close()
