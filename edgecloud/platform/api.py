@@ -237,6 +237,7 @@ def heartbeat(beat: Heartbeat, p: PlatformDep, who: NodeDep) -> HeartbeatRespons
             who.node_id, beat.metrics.model_dump(), beat.instances, beat.interval_s)
     except KeyError:
         raise unauthorized("the node was removed") from None
+    p.store.append_logs(who.node_id.rsplit("/", 1)[-1], beat.logs)
     now = time.time()
     if previous != "Ready":
         p.hooks.emit(NodeTransition(who.node_id, "Ready", "heartbeat", now))

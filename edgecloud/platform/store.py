@@ -23,6 +23,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
     create_engine,
     delete,
@@ -94,6 +95,39 @@ events = Table(
     Column("subject", String(200), nullable=False),
     Column("data", JSON, nullable=False),
 )
+
+apps = Table(
+    "apps", metadata,
+    Column("name", String(63), primary_key=True),
+    Column("spec", JSON, nullable=False),  # the topology, as the file says (by alias)
+    Column("bundle", JSON, nullable=True),  # FileRef of the code bundle in the cloud store
+    Column("source_dir", String(1024), nullable=True),
+    Column("revision", Integer, nullable=False, default=1),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+app_instances = Table(
+    "app_instances", metadata,
+    Column("app", String(63), ForeignKey("apps.name", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(200), primary_key=True),
+    Column("component", String(63), nullable=False),
+    Column("site", String(63), nullable=False),
+    Column("node", String(63), nullable=False),
+    Column("spec", JSON, nullable=False),  # the InstanceSpec sent to the node
+)
+
+instance_logs = Table(
+    "instance_logs", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("app", String(63), nullable=False, index=True),
+    Column("instance", String(200), nullable=False),
+    Column("node", String(63), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("text", Text, nullable=False),
+)
+
+LOG_CHUNKS_KEPT_PER_APP = 5000
 
 
 @dataclass
@@ -290,6 +324,83 @@ class Store:
             return JoinTokenCheck(row["site"], "join token expired; create a new one with "
                                                "`edgecloud token create`")
         return JoinTokenCheck(row["site"], None)
+
+    # -- applications -------------------------------------------------------------------
+    def apps(self) -> list[RowMapping]:
+        with self.engine.connect() as c:
+            return list(c.execute(select(apps).order_by(apps.c.name)).mappings())
+
+    def app(self, name: str) -> RowMapping | None:
+        with self.engine.connect() as c:
+            return c.execute(select(apps).where(apps.c.name == name)).mappings().first()
+
+    def save_app(self, name: str, spec: dict[str, Any], bundle: dict[str, Any] | None,
+                 source_dir: str | None, instances: list[dict[str, Any]]) -> int:
+        """Create or replace an app and its instances in one transaction; returns revision."""
+        now = time.time()
+        with self.engine.begin() as c:
+            row = c.execute(select(apps.c.revision).where(apps.c.name == name)).first()
+            revision = (row.revision + 1) if row else 1
+            values = {"spec": spec, "bundle": bundle, "source_dir": source_dir,
+                      "revision": revision, "updated_at": now}
+            if row:
+                c.execute(update(apps).where(apps.c.name == name).values(**values))
+            else:
+                c.execute(insert(apps).values(name=name, created_at=now, **values))
+            self._replace_instances(c, name, instances)
+        return revision
+
+    def set_instances(self, app: str, instances: list[dict[str, Any]]) -> None:
+        with self.engine.begin() as c:
+            self._replace_instances(c, app, instances)
+
+    @staticmethod
+    def _replace_instances(c: Connection, app: str, rows: list[dict[str, Any]]) -> None:
+        c.execute(delete(app_instances).where(app_instances.c.app == app))
+        if rows:
+            c.execute(insert(app_instances), [{**r, "app": app} for r in rows])
+
+    def delete_app(self, name: str) -> bool:
+        with self.engine.begin() as c:
+            c.execute(delete(app_instances).where(app_instances.c.app == name))
+            c.execute(delete(instance_logs).where(instance_logs.c.app == name))
+            return c.execute(delete(apps).where(apps.c.name == name)).rowcount > 0
+
+    def instances(self, app: str | None = None) -> list[RowMapping]:
+        q = select(app_instances).order_by(app_instances.c.app, app_instances.c.name)
+        if app is not None:
+            q = q.where(app_instances.c.app == app)
+        with self.engine.connect() as c:
+            return list(c.execute(q).mappings())
+
+    # -- instance logs ---------------------------------------------------------------------
+    def append_logs(self, node: str, chunks: dict[str, str]) -> None:
+        """Store output chunks keyed `<app>/<instance>` from a node's heartbeat."""
+        if not chunks:
+            return
+        now = time.time()
+        rows = [{"app": k.partition("/")[0], "instance": k.partition("/")[2], "node": node,
+                 "ts": now, "text": text} for k, text in chunks.items()]
+        with self.engine.begin() as c:
+            c.execute(insert(instance_logs), rows)
+            for app in {r["app"] for r in rows}:
+                # Keep the newest chunks per app; older output lives on the node only.
+                cutoff = c.execute(
+                    select(instance_logs.c.id).where(instance_logs.c.app == app)
+                    .order_by(instance_logs.c.id.desc()).offset(LOG_CHUNKS_KEPT_PER_APP)
+                    .limit(1)).scalar()
+                if cutoff is not None:
+                    c.execute(delete(instance_logs).where(instance_logs.c.app == app,
+                                                          instance_logs.c.id <= cutoff))
+
+    def logs(self, app: str, instances: list[str] | None = None, after_id: int = 0,
+             limit: int = 1000) -> list[RowMapping]:
+        q = select(instance_logs).where(instance_logs.c.app == app,
+                                        instance_logs.c.id > after_id)
+        if instances is not None:
+            q = q.where(instance_logs.c.instance.in_(instances))
+        with self.engine.connect() as c:
+            return list(c.execute(q.order_by(instance_logs.c.id).limit(limit)).mappings())
 
     # -- events --------------------------------------------------------------------------
     def events(self, after_id: int = 0, limit: int = 1000) -> list[RowMapping]:
