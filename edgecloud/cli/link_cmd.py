@@ -1,5 +1,100 @@
-"""Placeholder replaced by the owner of this command group."""
+"""`edgecloud link set | show`: the emulated WAN links of the edge sites, live."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
 
 import typer
+from rich.table import Table
+
+from edgecloud.cli.common import HomeOption, JsonFlag, console, home_of, print_json, user_errors
+from edgecloud.errors import UserError
+from edgecloud.resource.state import RunState, load_run_state
+from edgecloud.resource.wan import LinkClient, LinkStatus
+from edgecloud.units import format_bytes, format_rate, parse_duration, parse_rate
 
 app = typer.Typer(no_args_is_help=True)
+
+
+def _client(state: RunState, site: str) -> LinkClient:
+    s = state.site(site)
+    if s.wan_control is None:
+        edges = ", ".join(x.name for x in state.sites if x.wan_control) or "none"
+        raise UserError(f"site {site!r} has no WAN link of its own (it is the {s.kind}); "
+                        f"edge sites with links: {edges}")
+    return LinkClient(s.wan_control.url("http"), site)
+
+
+def _loss(text: str) -> float:
+    value = float(text.strip().rstrip("%")) / (100 if text.strip().endswith("%") else 1)
+    if not 0 <= value < 1:
+        raise ValueError("expected a loss probability in [0, 1) such as 0.01 or 1%")
+    return value
+
+
+def _parse(option: str, text: str | None, parser: Any) -> Any:
+    if text is None:
+        return None
+    try:
+        return parser(text)
+    except ValueError as exc:
+        raise UserError(f"{option}: {exc}") from None
+
+
+@app.command("set")
+@user_errors
+def set_link(
+    site: Annotated[str, typer.Argument(help="Edge site")],
+    up: Annotated[str | None, typer.Option(help="Rate edge->cloud, e.g. 20mbit")] = None,
+    down: Annotated[str | None, typer.Option(help="Rate cloud->edge, e.g. 40mbit")] = None,
+    delay: Annotated[str | None, typer.Option(help="One-way delay, e.g. 50ms")] = None,
+    jitter: Annotated[str | None, typer.Option(help="Delay jitter, e.g. 5ms")] = None,
+    loss: Annotated[str | None, typer.Option(help="Loss probability, e.g. 0.01 or 1%")]
+    = None,
+    partition: Annotated[bool, typer.Option("--partition", help="Cut the link")] = False,
+    heal: Annotated[bool, typer.Option("--heal", help="Restore a cut link")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Change a site's WAN link live (open connections feel it at once)."""
+    if partition and heal:
+        raise UserError("--partition and --heal exclude each other")
+    changes: dict[str, Any] = {}
+    for key, value in (("up_bps", _parse("--up", up, parse_rate)),
+                       ("down_bps", _parse("--down", down, parse_rate)),
+                       ("delay_s", _parse("--delay", delay, parse_duration)),
+                       ("jitter_s", _parse("--jitter", jitter, parse_duration)),
+                       ("loss", _parse("--loss", loss, _loss))):
+        if value is not None:
+            changes[key] = value
+    if partition or heal:
+        changes["partitioned"] = partition
+    if not changes:
+        raise UserError("nothing to change: give --up, --down, --delay, --jitter, --loss, "
+                        "--partition or --heal")
+    status = _client(load_run_state(home_of(home)), site).update(**changes)
+    _print([status])
+
+
+@app.command("show")
+@user_errors
+def show(home: HomeOption = None, as_json: JsonFlag = False) -> None:
+    """Settings of every edge site's link and the bytes sent up and down since start."""
+    state = load_run_state(home_of(home))
+    statuses = [_client(state, s.name).status() for s in state.sites if s.wan_control]
+    if as_json:
+        print_json({"sites": [{"site": s.site, **s.model_dump(exclude={"site"})}
+                              for s in statuses]})
+    else:
+        _print(statuses)
+
+
+def _print(statuses: list[LinkStatus]) -> None:
+    table = Table("site", "up", "down", "delay", "jitter", "loss", "state", "bytes up",
+                  "bytes down")
+    for st in statuses:
+        s = st.settings
+        table.add_row(st.site, format_rate(s.up_bps), format_rate(s.down_bps),
+                      f"{s.delay_s * 1000:g}ms", f"{s.jitter_s * 1000:g}ms", f"{s.loss:g}",
+                      "[red]partitioned[/]" if s.partitioned else "[green]up[/]",
+                      format_bytes(st.bytes_up), format_bytes(st.bytes_down))
+    console.print(table)
