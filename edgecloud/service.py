@@ -59,3 +59,23 @@ def run_service(model: type[C], serve: Callable[[C], None], argv: list[str] | No
         print(f"{args[0]}: invalid {model.__name__}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     serve(config)
+
+
+def quiet_uvicorn(app: object, listen: Endpoint, **kw: object) -> object:
+    """A uvicorn Server that leaves signals to the service (no capture, no re-raise).
+
+    uvicorn re-raises a captured SIGTERM after shutdown, which would make a clean stop
+    look like a crash; services set `server.should_exit` from their own handlers instead.
+    """
+    import contextlib
+
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):  # type: ignore[no-untyped-def,override]
+            yield
+
+    config = uvicorn.Config(app, host=listen.host, port=listen.port,  # type: ignore[arg-type]
+                            log_config=None, access_log=False, **kw)  # type: ignore[arg-type]
+    return _Server(config)

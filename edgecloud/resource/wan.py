@@ -28,17 +28,16 @@ import signal
 import time
 from collections import deque
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
-import uvicorn
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field, ValidationError
 
 from edgecloud.errors import UserError
 from edgecloud.log import get_logger
 from edgecloud.resource.infra import WanSpec
-from edgecloud.service import Endpoint, run_service
+from edgecloud.service import Endpoint, quiet_uvicorn, run_service
 
 log = get_logger("wan")
 
@@ -348,10 +347,7 @@ class WanProxy:
 async def _run(config: WanConfig) -> None:
     proxy = WanProxy(config)
     await proxy.start()
-    uv = uvicorn.Server(uvicorn.Config(proxy.api(), host=config.control.host,
-                                       port=config.control.port, log_config=None,
-                                       access_log=False, lifespan="off"))
-    uv.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    uv: Any = quiet_uvicorn(proxy.api(), config.control, lifespan="off")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
