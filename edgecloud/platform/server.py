@@ -21,6 +21,8 @@ from fastapi.responses import JSONResponse
 from edgecloud.errors import UserError
 from edgecloud.log import get_logger
 from edgecloud.platform.api import api, root
+from edgecloud.platform.api_apps import InstanceCollector, apps_api
+from edgecloud.platform.apps import AppManager
 from edgecloud.platform.core import AssignmentNotifier, Platform, PlatformConfig
 from edgecloud.platform.monitor import watch_readiness
 from edgecloud.schema import format_loc
@@ -51,10 +53,14 @@ def create_app(config: PlatformConfig) -> FastAPI:
             platform.close()
 
     app = FastAPI(title="edgecloud platform", version="1", lifespan=lifespan,
-                  description="Control plane of edgecloud: infrastructure, nodes, tokens.")
+                  description="Control plane of edgecloud: infrastructure, nodes, "
+                              "tokens, applications.")
     app.state.platform = platform
+    app.state.apps = AppManager(platform)
+    platform.registry.register(InstanceCollector(platform.store))
     app.include_router(root)
     app.include_router(api)
+    app.include_router(apps_api)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error)
     return app
