@@ -22,6 +22,7 @@ from edgecloud.resource.mqtt import MqttClient
 
 log = get_logger("runner")
 METRICS_EVERY_S = 2.0
+READY_FILE = "ready"
 
 
 def _import_path(ctx: InstanceContext) -> None:
@@ -53,8 +54,10 @@ def main() -> int:
         cls = load_class(ctx.entry)
         if not issubclass(cls, Component):
             raise UserError(f"entry {ctx.entry!r} is not a subclass of edgecloud.Component")
+        # A persistent session: while this instance restarts, the broker keeps what is
+        # sent to its inbox (the platform starts senders only once receivers ran once).
         mqtt = MqttClient(ctx.broker_url, client_id=f"{ctx.app}.{ctx.instance}",
-                          src=ctx.instance)
+                          src=ctx.instance, clean_session=False)
         mqtt.connect(timeout=30)
         comp = cls(ctx, mqtt)
     except UserError as exc:
@@ -68,6 +71,8 @@ def main() -> int:
     try:
         comp.setup()
         threading.Thread(target=_background, args=(comp, ctx), daemon=True).start()
+        if ctx.instance_dir:  # subscribed and set up: the runtime may now say Running
+            (Path(ctx.instance_dir) / READY_FILE).touch()
         comp.run()
         comp.stopped.wait()  # a source whose run() returned keeps serving until stopped
     except Exception:

@@ -238,6 +238,8 @@ def heartbeat(beat: Heartbeat, p: PlatformDep, who: NodeDep) -> HeartbeatRespons
     except KeyError:
         raise unauthorized("the node was removed") from None
     p.store.append_logs(who.node_id.rsplit("/", 1)[-1], beat.logs)
+    for listener in p.heartbeat_listeners:
+        listener(who.node_id)
     now = time.time()
     if previous != "Ready":
         p.hooks.emit(NodeTransition(who.node_id, "Ready", "heartbeat", now))

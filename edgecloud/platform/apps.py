@@ -60,7 +60,10 @@ class AppManager:
     def __init__(self, platform: Platform) -> None:
         self.p = platform
         self._lock = threading.RLock()
+        self._withheld = False
+        self._ever_started: set[tuple[str, str]] = set()
         platform.hooks.subscribe(self._on_transition)
+        platform.heartbeat_listeners.append(self._on_heartbeat)
 
     # -- queries ---------------------------------------------------------------------------
     def plan(self, name: str) -> DeploymentPlan:
@@ -251,13 +254,77 @@ class AppManager:
                 context=context)
         return specs
 
+    def _on_heartbeat(self, node_id: str) -> None:
+        # Withheld senders start as soon as a heartbeat reports their receivers running.
+        if self._withheld:
+            with self._lock:
+                self.sync_assignments()
+
     def sync_assignments(self) -> None:
         """Push each node's desired instances; only nodes whose list changed get a new
-        revision (so their agents alone wake up)."""
+        revision (so their agents alone wake up).
+
+        An instance is withheld (Pending) until every instance of the components it sends
+        to has run: MQTT drops messages for an inbox nobody subscribed to yet, and once
+        a receiver has run, its persistent session keeps its messages across restarts.
+        Components in a cycle of connections do not wait for each other.
+        """
+        rows = self.p.store.instances()
+        started = self._started_instances(rows)
+        withheld = self._withheld_instances(rows, started)
+        self._withheld = bool(withheld)
         wanted: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for r in self.p.store.instances():
-            wanted[r["node"]].append(r["spec"])
+        for r in rows:
+            if (r["app"], r["name"]) not in withheld:
+                wanted[r["node"]].append(r["spec"])
         for n in self.p.store.nodes():
             desired = sorted(wanted.get(n["name"], []), key=lambda s: (s["app"], s["name"]))
             if desired != n["assignment"]:
                 self.p.set_assignment(n["id"], desired)
+
+    def _started_instances(self, rows: list[Any]) -> set[tuple[str, str]]:
+        """Instances that have run at least once (their inbox session exists)."""
+        seen = {(s.get("app"), s.get("name")) for n in self.p.store.nodes()
+                for s in n["instance_status"] or []
+                if s.get("state") == "Running" or s.get("restarts", 0) > 0}
+        return {k for k in seen if k[0] is not None} | self._ever_started & {
+            (r["app"], r["name"]) for r in rows}
+
+    def _withheld_instances(self, rows: list[Any],
+                            started: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        self._ever_started |= started
+        by_app: dict[str, list[Any]] = defaultdict(list)
+        for r in rows:
+            by_app[r["app"]].append(r)
+        withheld: set[tuple[str, str]] = set()
+        for app_name, app_rows in by_app.items():
+            row = self.p.store.app(app_name)
+            if row is None:
+                continue
+            conns = {c["name"]: set(c.get("connections", []))
+                     for c in row["spec"]["spec"]["components"]}
+            instances_of: dict[str, list[str]] = defaultdict(list)
+            for r in app_rows:
+                instances_of[r["component"]].append(r["name"])
+            for r in app_rows:
+                for target in conns.get(r["component"], set()):
+                    if _reaches(conns, target, r["component"]):
+                        continue  # a cycle: nobody could ever go first
+                    if any((app_name, t) not in self._ever_started
+                           for t in instances_of.get(target, [])):
+                        withheld.add((app_name, r["name"]))
+                        break
+        return withheld
+
+
+def _reaches(conns: dict[str, set[str]], start: str, goal: str) -> bool:
+    """Does `start` (transitively) send to `goal`?"""
+    stack, seen = [start], set()
+    while stack:
+        c = stack.pop()
+        if c == goal:
+            return True
+        if c not in seen:
+            seen.add(c)
+            stack.extend(conns.get(c, ()))
+    return False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,8 @@ class Platform:
         self.notifier = AssignmentNotifier()
         self.registry = make_registry(self.store)
         self.started_at = time.time()
+        self.heartbeat_listeners: list[Callable[[str], None]] = []
+        """Called with the node id after every heartbeat (keep them quick)."""
 
     def set_assignment(self, node_id: str, instances: list[dict[str, Any]]) -> int:
         """Replace the desired instances of node `node_id`; wakes its long-poll.

@@ -35,6 +35,7 @@ class NodeRuntime:
         self.broker_url = broker_url
         self.runtime = ProcessRuntime(state_dir)
         self._offsets: dict[str, int] = {}
+        self._assigned_digest: dict[str, str] = {}
         self._lock = threading.Lock()
 
     # -- assignment ----------------------------------------------------------------------
@@ -44,6 +45,8 @@ class NodeRuntime:
             try:
                 spec = InstanceSpec.model_validate(raw)
                 specs.append(self._localise(spec))
+                # The platform compares digests of what it assigned, not of the local copy.
+                self._assigned_digest[spec.key] = spec.digest()
             except Exception as exc:  # one bad instance must not block the others
                 log.error("cannot prepare instance", instance=str(raw.get("name")),
                           error=str(exc))
@@ -88,7 +91,8 @@ class NodeRuntime:
     # -- reporting -----------------------------------------------------------------------
     def report(self) -> tuple[list[dict[str, Any]], dict[str, str]]:
         """Instance statuses and new output per instance since the last report."""
-        statuses = self.runtime.statuses()
+        statuses = [s.model_copy(update={"digest": self._assigned_digest.get(
+            f"{s.app}/{s.name}", s.digest)}) for s in self.runtime.statuses()]
         logs: dict[str, str] = {}
         with self._lock:
             for s in statuses:

@@ -34,6 +34,7 @@ BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 60.0
 HEALTHY_AFTER_S = 60.0
 LOG_MAX_BYTES = 20 << 20
+READY_FILE = "ready"  # written by the SDK runner once subscribed (entry instances only)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -149,6 +150,7 @@ class ProcessRuntime:
     def _start(self, inst: _Instance) -> None:
         spec = inst.spec
         inst.dir.mkdir(parents=True, exist_ok=True)
+        (inst.dir / READY_FILE).unlink(missing_ok=True)
         ctx = inst.dir / "context.json"
         ctx.write_text(json.dumps({**spec.context, "instance_dir": str(inst.dir)}))
         env = {**os.environ, **self.base_env, **spec.env, "EDGECLOUD_CONTEXT": str(ctx),
@@ -209,9 +211,13 @@ class ProcessRuntime:
             except psutil.Error:
                 pass
         metrics = _read_json(inst.dir / "metrics.json")
+        state = inst.state
+        if (state == "Running" and inst.spec.kind == "entry"
+                and not (inst.dir / READY_FILE).exists()):
+            state = "Pending"  # started, not yet subscribed to its inbox
         return InstanceStatus(
             app=inst.spec.app, name=inst.spec.name, component=inst.spec.component,
-            state=inst.state, digest=inst.digest, restarts=inst.restarts,
+            state=state, digest=inst.digest, restarts=inst.restarts,
             pid=inst.proc.pid if inst.proc else None, exit_code=inst.exit_code,
             reason=inst.reason, started_at=inst.started_at, cpu_percent=cpu, memory_rss=rss,
             metrics=metrics)
