@@ -7,6 +7,7 @@ file service fetches it across the WAN once and caches it (docs/internals.md).
 
 from __future__ import annotations
 
+import gzip
 import io
 import tarfile
 from pathlib import Path
@@ -25,21 +26,31 @@ def _included(path: Path, root: Path) -> bool:
     return path.suffix not in (".pyc", ".pyo")
 
 
-def make_bundle(source_dir: Path) -> bytes:
-    """tar.gz of `source_dir` without caches and VCS folders; refuses oversized bundles."""
+def make_bundle(source_dir: Path, exclude: tuple[Path, ...] = ()) -> bytes:
+    """tar.gz of `source_dir` without caches, VCS folders and `exclude` (the topology
+    file: the platform has it, and editing its params must not change the code bundle,
+    or an incremental update would restart every component). Deterministic: the same
+    files give the same bytes, so an unchanged bundle keeps its sha256."""
     root = source_dir.resolve()
+    skip = {p.resolve() for p in exclude}
     buf = io.BytesIO()
     total = 0
-    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=6) as tar:
+    # mtime=0 in the gzip header too, so equal content gives an equal sha256.
+    gz = gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=6, mtime=0)
+    with gz, tarfile.open(fileobj=gz, mode="w") as tar:
         for path in sorted(root.rglob("*")):
-            if not path.is_file() or path.is_symlink() or not _included(path, root):
+            if (not path.is_file() or path.is_symlink() or not _included(path, root)
+                    or path.resolve() in skip):
                 continue
             total += path.stat().st_size
             if total > MAX_BUNDLE_BYTES:
                 raise UserError(f"{root}: the application directory holds more than "
                                 f"{MAX_BUNDLE_BYTES >> 20} MiB of files; keep data and models "
                                 "in the file service, not next to the topology file")
-            tar.add(path, arcname=str(path.relative_to(root)), recursive=False)
+            info = tar.gettarinfo(str(path), arcname=str(path.relative_to(root)))
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            with open(path, "rb") as fh:
+                tar.addfile(info, fh)
     return buf.getvalue()
 
 

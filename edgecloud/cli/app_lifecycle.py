@@ -45,7 +45,7 @@ def deploy_request(file: Path, state: RunState, upload: bool = True) -> dict[str
     if upload:
         cloud = state.cloud
         files = FileClient(cloud.files.url("http"), cloud.name)
-        bundle = files.put(make_bundle(source_dir),
+        bundle = files.put(make_bundle(source_dir, exclude=(file,)),
                            key=f"apps/{application.metadata.name}/bundle.tgz"
                            ).model_dump(mode="json")
     return {"topology": application.model_dump(mode="json", by_alias=True),
