@@ -24,6 +24,7 @@ class Peer(BaseModel):
     instance: str
     component: str
     site: str
+    node: str = ""
 
 
 class ControllerInfo(BaseModel):

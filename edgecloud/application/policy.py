@@ -43,10 +43,11 @@ class Report(BaseModel):
 class Policy:
     """Base policy: no decisions, default routing. Subclass `BasicPolicy` in applications."""
 
-    def __init__(self, params: dict[str, Any], role: Role, site: str) -> None:
+    def __init__(self, params: dict[str, Any], role: Role, site: str, node: str = "") -> None:
         self.params = dict(params)
         self.role = role
         self.site = site
+        self.node = node
 
     # -- controller side ------------------------------------------------------------------
     def on_report(self, report: Report) -> None:
@@ -62,10 +63,11 @@ class Policy:
     # -- component side -------------------------------------------------------------------
     def route(self, target: str, candidates: list[Peer], decisions: dict[str, Any],
               key: str | None = None) -> Peer:
-        """Choose the instance of `target` for one `send`: same site first, then any;
-        by key (stable hash) when given, round-robin otherwise."""
+        """Choose the instance of `target` for one `send`: same node first, then same
+        site, then any; by key (stable hash) when given, round-robin otherwise."""
+        same_node = [p for p in candidates if self.node and p.node == self.node]
         local = [p for p in candidates if p.site == self.site]
-        pool = local or candidates
+        pool = same_node or local or candidates
         if key is not None:
             return pool[zlib.crc32(key.encode()) % len(pool)]
         counter = self._rr.setdefault((target, len(pool)), itertools.count())
@@ -90,8 +92,8 @@ class BasicPolicy(Policy):
     (1 - alpha) / 2 = 0.1, as in ACE. Decisions can override both at run time.
     """
 
-    def __init__(self, params: dict[str, Any], role: Role, site: str) -> None:
-        super().__init__(params, role, site)
+    def __init__(self, params: dict[str, Any], role: Role, site: str, node: str = "") -> None:
+        super().__init__(params, role, site, node)
         self.alpha = float(self.params.get("alpha", 0.8))
         self.beta = float(self.params.get("beta", (1 - self.alpha) / 2))
 

@@ -122,7 +122,8 @@ class Component:
                                 "edgecloud.application.policy:BasicPolicy")
         role = "component" if context.role == "component" else (
             "global" if context.site == context.cloud_site else "local")
-        self.policy = PolicyHandle(policy_cls(ctrl.params if ctrl else {}, role, self.site))
+        self.policy = PolicyHandle(policy_cls(ctrl.params if ctrl else {}, role, self.site,
+                                               self.node))
         self._msg_errors = self.metrics.counter("edgecloud_message_errors_total",
                                                 "messages whose handler raised")
         self._msg_count = self.metrics.counter("edgecloud_messages_total", "messages handled")

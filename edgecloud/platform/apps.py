@@ -207,7 +207,8 @@ class AppManager:
         nodes = {n["name"]: n for n in self.p.store.nodes()}
         cloud = next(s for s in sites.values() if s["kind"] == "cloud")["name"]
         comps = {c.name: c for c in app.spec.components}
-        members = [Peer(instance=i.name, component=i.component, site=i.site) for i in instances]
+        members = [Peer(instance=i.name, component=i.component, site=i.site, node=i.node)
+                   for i in instances]
         by_comp: dict[str, list[Peer]] = defaultdict(list)
         for m in members:
             by_comp[m.component].append(m)

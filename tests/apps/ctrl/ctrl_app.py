@@ -10,8 +10,8 @@ from edgecloud import BasicPolicy, Component, Report
 class CountingPolicy(BasicPolicy):
     """Local controllers count their site's reports; the global one counts reporting sites."""
 
-    def __init__(self, params: dict[str, Any], role: Any, site: str) -> None:
-        super().__init__(params, role, site)
+    def __init__(self, params: dict[str, Any], role: Any, site: str, node: str = "") -> None:
+        super().__init__(params, role, site, node)
         self.reports = 0
         self.sites: set[str] = set()
 
