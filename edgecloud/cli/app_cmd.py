@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -12,6 +13,9 @@ from edgecloud.cli import app_lifecycle
 from edgecloud.cli.common import HomeOption, JsonFlag, console, home_of, print_json, user_errors
 from edgecloud.resource.infra import Infrastructure, load_infrastructure
 from edgecloud.resource.state import load_run_state
+
+if TYPE_CHECKING:
+    from edgecloud.application.plan import DeploymentPlan
 
 app = typer.Typer(no_args_is_help=True)
 app_lifecycle.register(app)
@@ -76,3 +80,60 @@ def plan(file: Annotated[Path, typer.Argument(help="Topology file")],
     for i in doc["instances"]:
         table.add_row(i["name"], i["component"], i["site"], i["node"])
     console.print(table)
+
+
+class ExportFormat(StrEnum):
+    compose = "compose"
+    k8s = "k8s"
+
+
+@app.command("export")
+@user_errors
+def export(name_or_file: Annotated[str, typer.Argument(
+               help="A deployed application's name, or a topology file (planned offline)")],
+           fmt: Annotated[ExportFormat, typer.Option("--format", help="compose: one compose "
+                                                     "file per node; k8s: manifests")],
+           out: Annotated[Path, typer.Option("-o", "--output", help="Directory to write")],
+           infra: InfraOption = None, home: HomeOption = None) -> None:
+    """Write docker compose files or Kubernetes manifests for an application's plan.
+
+    NAME: the plan of the deployed application (`--home` of a running platform). FILE: the
+    topology is planned like `app plan` (offline with --infra: every node Ready and empty;
+    service endpoints from the infrastructure file's `services`, else placeholders).
+    """
+    from edgecloud.application.plan import DeploymentPlan
+    from edgecloud.platform.export import export_compose, export_k8s
+
+    path = Path(name_or_file)
+    if path.is_file() and infra is not None:
+        inf = load_infrastructure(infra)
+        plan = _offline_plan(path, inf)
+        sites = {s.name: {"kind": s.kind,
+                          "broker": s.services.broker or f"mqtt://broker.{s.name}:1883",
+                          "files": s.services.files or f"http://files.{s.name}:8080"}
+                 for s in inf.spec.sites}
+    else:
+        client, state = app_lifecycle.client_for(home_of(home))
+        with client:
+            if path.is_file():
+                req = app_lifecycle.deploy_request(path, state, upload=False)
+                doc = client.request("POST", "/apps/plan", "plan", json=req)
+            else:
+                doc = client.request("GET", f"/apps/{name_or_file}/plan", "app plan")
+        plan = DeploymentPlan.model_validate(doc)
+        sites = {s.name: {"kind": s.kind, "broker": s.broker.url("mqtt"),
+                          "files": s.files.url("http")} for s in state.sites}
+    writer = export_compose if fmt is ExportFormat.compose else export_k8s
+    files = writer(plan, sites, out)
+    console.print(f"wrote {len(files)} {fmt.value} file(s) for {plan.app} to {out}")
+
+
+def _offline_plan(file: Path, inf: Infrastructure) -> DeploymentPlan:
+    """Plan a topology on a declared infrastructure (every node Ready and empty)."""
+    from edgecloud.application.topology import load_application
+    from edgecloud.platform.orchestrator import NodeInfo, place
+
+    application = load_application(file, inf)
+    nodes = [NodeInfo(name=n.name, site=s.name, site_kind=s.kind, labels=n.labels,
+                      resources=n.resources) for s in inf.spec.sites for n in s.nodes]
+    return place([application], nodes)[application.name]
