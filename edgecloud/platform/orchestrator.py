@@ -110,7 +110,14 @@ def place(apps: list[Application], nodes: list[NodeInfo], *,
           placed: list[PlacedInstance] | tuple[()] = (),
           current: dict[str, str] | None = None,
           time_limit_s: float = 10.0) -> dict[str, DeploymentPlan]:
-    """Plans for `apps`; raises PlacementError when some component cannot be placed."""
+    """One deployment plan per application, all placed together on `nodes`.
+
+    `placed`: instances of other applications that keep running (they use capacity);
+    `current`: instance name (or `<app>/<instance>`) -> node it runs on now, so that a
+    re-plan moves as few instances as possible. Only Ready nodes are used. perNode
+    components get one instance per eligible Ready node (none if there is none).
+    Raises PlacementError naming the first component that cannot be placed and why.
+    """
     deadline = time.monotonic() + time_limit_s
     current = current or {}
     ready = [n for n in nodes if n.ready]
@@ -127,8 +134,12 @@ def place(apps: list[Application], nodes: list[NodeInfo], *,
         budget = max(deadline - time.monotonic(), 0.5)
         status, solution = _solve(comps, groups, current, budget,
                                   peak_time_s=PEAK_TIME_S if merge else None)
+        if solution is None and status == cp_model.UNKNOWN:
+            raise PlacementError(f"no plan found within {time_limit_s:g} s for "
+                                 f"{sum(c.count for c in comps)} instances; raise the time "
+                                 "limit or simplify the constraints")
         if solution is None:
-            raise _explain(comps, by_name, free, groups, status)
+            raise _explain(comps, nodes, free, groups)
         per_node, failed = _spread(comps, solution, groups)
         if not failed:
             break
@@ -380,8 +391,7 @@ def _moves(m: cp_model.CpModel, comps: list[_Comp], group_of: dict[str, str],
     for c in comps:
         eligible = set(c.eligible)
         here: dict[str, int] = defaultdict(int)
-        for i in range(c.count):
-            node = current.get(f"{c.spec.name}-{i}")
+        for node in _current_of(c, current).values():
             if node in eligible:
                 here[node] += 1
         for n, k in here.items():
@@ -395,6 +405,27 @@ def _moves(m: cp_model.CpModel, comps: list[_Comp], group_of: dict[str, str],
                 hints[s] = min(k, hint[c.key].get(group_of[n], 0))
                 kept_terms.append(s)
     return total_current - sum(kept_terms), total_current
+
+
+def _current_of(c: _Comp, current: dict[str, str]) -> dict[str, str]:
+    """The current instances of `c` that can keep their name: name -> node.
+
+    Keys of `current` are instance names (`relay-3`) or `<app>/<instance>` when several
+    applications are placed together. Replicas keep names `<c>-0 .. <c>-(count-1)`; a
+    perNode instance keeps its name whatever its index, so that losing one node renames
+    no instance on the others.
+    """
+    out: dict[str, str] = {}
+    for key, node in current.items():
+        app, _, name = key.rpartition("/")
+        if app and app != c.app:
+            continue
+        base, _, index = name.rpartition("-")
+        if base != c.spec.name or not index.isdigit() or str(int(index)) != index:
+            continue
+        if c.fixed or int(index) < c.count:
+            out[name] = node
+    return out
 
 
 def _greedy(comps: list[_Comp], groups: dict[str, _Group]) -> dict[str, dict[str, int]]:
@@ -491,21 +522,23 @@ def _name_instances(c: _Comp, counts: dict[str, int], nodes: dict[str, NodeInfo]
                     current: dict[str, str]) -> list[Instance]:
     """Give instance names, keeping each current name on its node where it stays."""
     slots = {n: k for n, k in counts.items() if k}
-    names = [f"{c.spec.name}-{i}" for i in range(c.count)]
-    if c.fixed:  # perNode: a name follows its node; new nodes take free indices
-        taken = {current[n]: n for n in names if current.get(n) in slots} if current else {}
-        by_node = {node: name for name, node in taken.items()}
-        free_names = (f"{c.spec.name}-{i}" for i in range(10 * c.count + 10)
-                      if f"{c.spec.name}-{i}" not in taken)
-        out = []
+    mine = _current_of(c, current)
+    out: list[Instance] = []
+    if c.fixed:  # perNode: a name follows its node; new nodes take the lowest free indices
+        # lowest index wins if two current names share a node; names of instances on lost
+        # nodes are not reused, so a name never jumps to another node
+        by_node = {node: name for name, node in sorted(mine.items(), key=_index_of,
+                                                       reverse=True) if node in slots}
+        free_names = (n for n in (f"{c.spec.name}-{i}" for i in range(len(mine) + c.count + 1))
+                      if n not in mine)
         for node in sorted(slots):
             out.append(Instance(name=by_node.get(node) or next(free_names),
                                 component=c.spec.name, site=nodes[node].site, node=node))
-        return sorted(out, key=lambda i: int(i.name.rsplit("-", 1)[1]))
-    out, unplaced = [], []
-    for name in names:
-        node = current.get(name)
-        if node in slots and slots[node] > 0:
+        return sorted(out, key=lambda i: _index_of((i.name, "")))
+    unplaced = []
+    for name in (f"{c.spec.name}-{i}" for i in range(c.count)):
+        node = mine.get(name)
+        if node is not None and slots.get(node, 0) > 0:
             slots[node] -= 1
             out.append(Instance(name=name, component=c.spec.name, site=nodes[node].site,
                                 node=node))
@@ -515,31 +548,49 @@ def _name_instances(c: _Comp, counts: dict[str, int], nodes: dict[str, NodeInfo]
     for name, node in zip(unplaced, free_slots, strict=True):
         out.append(Instance(name=name, component=c.spec.name, site=nodes[node].site,
                             node=node))
-    return sorted(out, key=lambda i: int(i.name.rsplit("-", 1)[1]))
+    return sorted(out, key=lambda i: _index_of((i.name, "")))
 
 
-def _explain(comps: list[_Comp], nodes: dict[str, NodeInfo], free: dict[str, list[int]],
-             groups: dict[str, _Group], status: int) -> PlacementError:
+def _index_of(item: tuple[str, str]) -> int:
+    return int(item[0].rsplit("-", 1)[1])
+
+
+def _explain(comps: list[_Comp], all_nodes: list[NodeInfo], free: dict[str, list[int]],
+             groups: dict[str, _Group]) -> PlacementError:
     """Say which component cannot be placed and which constraint blocks it."""
     dims = ("cpu", "memory", "gpu")
-    kinds = {n.site: n.site_kind for n in nodes.values()}
+    kinds = {n.site: n.site_kind for n in all_nodes}
     for c in comps:
         what = f"component {c.spec.name!r} of {c.app!r}"
         sites = sorted(_sites(c.spec.site, kinds))
         if c.count and not sites:
-            return PlacementError(f"{what} cannot be placed: site constraint: no Ready node "
-                                  f"at site {c.spec.site!r}")
+            return PlacementError(f"{what} cannot be placed: site {c.spec.site!r}: no such "
+                                  f"site (sites: {', '.join(sorted(kinds))})")
         if c.count and not c.eligible:
             selector = {**c.spec.labels, **(c.spec.per_node.labels if c.spec.per_node else {})}
-            return PlacementError(f"{what} cannot be placed: labels constraint: no Ready node "
-                                  f"at {', '.join(sites)} has labels {selector}")
+            at = [n for n in all_nodes if n.site in sites]
+            if not any(n.ready for n in at):
+                return PlacementError(f"{what} cannot be placed: site {c.spec.site!r}: no "
+                                      f"Ready node at site(s) {', '.join(sites)} (NotReady: "
+                                      f"{_names([n.name for n in at])})")
+            return PlacementError(f"{what} cannot be placed: labels {selector}: no Ready node "
+                                  f"at site(s) {', '.join(sites)} has these labels")
         for k, dim in enumerate(dims):
-            if c.count and c.req[k] and not any(free[n][k] >= c.req[k] for n in c.eligible):
+            if not c.count or not c.req[k]:
+                continue
+            need = f"{dim} {_fmt(dim, c.req[k])}"
+            if c.fixed:  # perNode: every eligible node must hold its instance
+                short = [n for n in c.eligible if free[n][k] < c.req[k]]
+                if short:
+                    return PlacementError(
+                        f"{what} cannot be placed: perNode needs {need} free on every "
+                        f"eligible node: {short[0]} has {_fmt(dim, max(free[short[0]][k], 0))}"
+                        + (f" ({len(short)} such nodes)" if len(short) > 1 else ""))
+            elif not any(free[n][k] >= c.req[k] for n in c.eligible):
                 best = max(c.eligible, key=lambda n, k=k: free[n][k])
                 return PlacementError(
-                    f"{what} cannot be placed: capacity per instance: it needs {dim} "
-                    f"{_fmt(dim, c.req[k])} per instance at {', '.join(sites)}; no eligible "
-                    f"Ready node has that much free ({best} has "
+                    f"{what} needs {need} at site(s) {', '.join(sites)}: no eligible Ready "
+                    f"node has {dim} >= {_fmt(dim, c.req[k])} free ({best} has "
                     f"{_fmt(dim, max(free[best][k], 0))})")
     # the shortest infeasible prefix (feasibility only shrinks as components are added)
     lo, hi = 0, len(comps)  # comps[:lo] feasible (or empty), comps[:hi] assumed infeasible
