@@ -49,6 +49,10 @@ class Policy:
         self.site = site
         self.node = node
 
+    def on_params(self, params: dict[str, Any]) -> None:
+        """Parameters changed at run time (a controller `set` operation)."""
+        self.params.update(params)
+
     # -- controller side ------------------------------------------------------------------
     def on_report(self, report: Report) -> None:
         """A report from a component (or, at the global controller, a site summary)."""

@@ -258,6 +258,7 @@ class Component:
             self.stop()
         elif op == "set":
             self.params.update(args)
+            self.policy.policy.on_params(args)
         elif op == "filter":
             self._set_filter(args)
         else:

@@ -49,6 +49,16 @@ class CascadePolicy(BasicPolicy):
         if self.mode not in MODES:
             raise ValueError(f"unknown cascade mode {self.mode!r}; expected one of {MODES}")
 
+    def on_params(self, params: dict[str, Any]) -> None:
+        super().on_params(params)
+        if "mode" in params:
+            if params["mode"] not in MODES:
+                raise ValueError(f"unknown cascade mode {params['mode']!r}")
+            self.mode = params["mode"]
+        if "alpha" in params:
+            self.alpha = float(params["alpha"])
+            self.beta = float(params.get("beta", (1 - self.alpha) / 2))
+
     def decide(self, question: str, value: Any, decisions: dict[str, Any]) -> Any:
         if question == "route":
             if self.mode == "CI":
@@ -65,7 +75,8 @@ class CascadePolicy(BasicPolicy):
 
 
 class AdaptiveCascadePolicy(CascadePolicy):
-    """ACE's Advanced Policy, keeping one EIL estimate per classifier.
+    """ACE's Advanced Policy (in mode ECCI+; other modes behave as CascadePolicy), keeping
+    one EIL estimate per classifier.
 
     EWMA (rate 0.2) of each classifier's EIL from reports: the edge model's at the local
     controller of each site, the cloud model's at the global controller, which publishes
@@ -76,7 +87,6 @@ class AdaptiveCascadePolicy(CascadePolicy):
     """
 
     def __init__(self, params: dict[str, Any], role: Role, site: str, node: str = "") -> None:
-        params = {"mode": "ECCI+", **params}
         super().__init__(params, role, site, node)
         self.rate = float(params.get("ewma_rate", 0.2))
         self.t0 = float(params.get("target_eil_s", 0.3))
@@ -88,9 +98,16 @@ class AdaptiveCascadePolicy(CascadePolicy):
         self.t_edge = Ewma(self.rate)
         self.t_cloud = Ewma(self.rate)
 
+    def on_params(self, params: dict[str, Any]) -> None:
+        super().on_params(params)
+        if params.get("reset"):  # a new experiment run: forget the old estimates
+            self.t_edge, self.t_cloud = Ewma(self.rate), Ewma(self.rate)
+            self.alpha = float(self.params.get("alpha", self.alpha_max))
+            self.beta = (1 - self.alpha) / 2
+
     def on_report(self, report: Report) -> None:
         eil = report.values.get("eil_s")
-        if eil is None:
+        if eil is None or self.mode != "ECCI+":
             return
         if report.component == self.edge_name and self.role != "global":
             self.t_edge.update(float(eil))
@@ -119,6 +136,8 @@ class AdaptiveCascadePolicy(CascadePolicy):
         return "edge" if te <= tc else "cloud"
 
     def decisions(self) -> dict[str, Any]:
+        if self.mode != "ECCI+":
+            return {"alpha": self.alpha, "beta": self.beta, "target": "edge"}
         if self.role == "global":
             return {"t_cloud": self.t_cloud.value}
         return {"alpha": self.alpha, "beta": self.beta, "target": self.target(),
