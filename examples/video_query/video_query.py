@@ -61,33 +61,30 @@ class ObjectDetector(Component):
 
         self.detector = FrameDifferencer()
         self.frames: deque[tuple[int, np.ndarray]] = deque(maxlen=3)
-        self.interval = float(self.params["interval"])
-        self.run_id = str(self.params["run"])
         self.next_sample = time.monotonic()
-        self.stop_at = time.monotonic() + float(self.params.get("duration", 1e9))
         self.crops = self.metrics.counter("crops_total", "crops extracted")
 
     def on_message(self, msg: Message) -> None:
         from edgecloud.ml.vision import decode_jpeg, encode_jpeg
 
+        # Params change live (controller `set`): `active`, `interval`, `run`.
         now = time.monotonic()
-        if now >= self.stop_at:
-            return
         self.frames.append((msg.payload["idx"], decode_jpeg(msg.payload["jpeg"])))
-        if len(self.frames) < 3 or now < self.next_sample:
+        if not self.params.get("active", True) or len(self.frames) < 3 or now < self.next_sample:
             return
-        self.next_sample = now + self.interval
+        self.next_sample = now + float(self.params["interval"])
+        run_id = str(self.params["run"])
         (_, a), (_, b), (idx, c) = self.frames
         crops, _boxes = self.detector.detect(a, b, c)
         camera = msg.payload["camera"]
         for k, crop in enumerate(crops):
             crop_id = f"{camera}-{idx}-{k}-{int(time.time() * 1000) % 100000}"
             jpeg = encode_jpeg(crop, quality=90)
-            self.files.put(jpeg, key=f"crops/{self.run_id}/{crop_id}.jpg")  # LAN, for GT
+            self.files.put(jpeg, key=f"crops/{run_id}/{crop_id}.jpg")  # LAN, for GT
             target = self.policy.decide("route", None)
             self.send("eoc" if target == "edge" else "coc",
-                      {"id": crop_id, "camera": camera, "t_sent": time.time(), "jpeg": jpeg,
-                       "site": self.site, "via": "od"})
+                      {"id": crop_id, "run": run_id, "camera": camera, "t_sent": time.time(),
+                       "jpeg": jpeg, "site": self.site, "via": "od"})
             self.crops.inc()
 
 
@@ -108,7 +105,8 @@ class _Reporting(Component):
 
     def result(self, crop: dict[str, Any], label: bool, where: str, dropped: bool,
                confidence: float | None) -> None:
-        self.send("rs", {"id": crop["id"], "camera": crop["camera"], "t_sent": crop["t_sent"],
+        self.send("rs", {"id": crop["id"], "run": crop["run"], "camera": crop["camera"],
+                         "t_sent": crop["t_sent"],
                          "t_decided": time.time(), "label": label, "where": where,
                          "dropped": dropped, "confidence": confidence})
 
@@ -168,12 +166,11 @@ class ResultStorage(Component):
         self.db.execute("""CREATE TABLE IF NOT EXISTS results (
             run TEXT, id TEXT, camera TEXT, t_sent REAL, t_decided REAL, label INTEGER,
             location TEXT, dropped INTEGER, confidence REAL, PRIMARY KEY (run, id))""")
-        self.run_id = str(self.params["run"])
 
     def on_message(self, msg: Message) -> None:
         r = msg.payload
         self.db.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?)",
-                        (self.run_id, r["id"], r["camera"], r["t_sent"], r["t_decided"],
+                        (r["run"], r["id"], r["camera"], r["t_sent"], r["t_decided"],
                          int(r["label"]), r["where"], int(r["dropped"]), r["confidence"]))
         self.db.commit()
 

@@ -1,0 +1,44 @@
+"""`edgecloud demo ...`: the project's end-to-end demonstrations, measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgecloud.cli.common import console, user_errors
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("video-query")
+@user_errors
+def video_query(
+    quick: Annotated[bool, typer.Option("--quick", help="A short sweep (about 5 minutes)")]
+    = False,
+    query: Annotated[str, typer.Option(help="What to look for: car, bicycle, truck, "
+                                            "motorcycle")] = "car",
+    cameras: Annotated[int, typer.Option(help="Camera nodes of the ACE testbed to run "
+                                              "(9 in the paper)")] = 3,
+    run_seconds: Annotated[float | None, typer.Option("--run-seconds",
+                                                      help="Seconds per setting")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write results here")]
+    = None,
+    plots: Annotated[Path | None, typer.Option("--plots", help="Write PNG plots here")]
+    = None,
+    home: Annotated[Path | None, typer.Option("--home", help="Keep the run's state here "
+                                                              "(default: a temp dir)")] = None,
+) -> None:
+    """ACE's video-query experiment: CI, EI, ECCI and ECCI+ under load and WAN delay."""
+    from edgecloud.demos.video_query import Settings, run_demo
+    from edgecloud.ml.vision import query_classes
+
+    query_classes(query)  # unknown queries fail before anything starts
+    kw = {"query": query, "cameras": cameras, "home": home, "json_path": json_path,
+          "plots_dir": plots}
+    if run_seconds is not None:
+        kw["run_s"] = run_seconds
+    settings = Settings.quick_settings(**kw) if quick else Settings(
+        **{k: v for k, v in kw.items() if v is not None})
+    run_demo(settings, console)
