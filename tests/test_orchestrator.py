@@ -302,3 +302,39 @@ def test_medium_instance_is_fast() -> None:
     check_hard(plans, nodes)
     assert sum(len(p.instances) for p in plans.values()) > 1500
     assert elapsed < 5
+
+
+def test_merged_classes_keep_constraints_and_exact_wan_and_moves(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Identical nodes merged into classes: hard constraints hold, WAN and moves equal the
+    exact model's (only the balance term is approximated by class averages)."""
+    from edgecloud.platform import orchestrator
+
+    nodes = [node(f"ec-{s}-n{k}", f"ec-{s}", cpu=2, mem=2,
+                  labels={"camera": "true"} if k % 2 else {})
+             for s in (1, 2, 3) for k in range(8)] + [node("cc", "cloud", cpu=16, mem=32)]
+    app = mkapp("m", {"name": "cam", "site": "edge", "perNode": {"labels": {"camera": "true"}},
+                      "connections": ["filter"], "resources": {"cpu": 0.5}},
+                {"name": "filter", "site": "edge", "replicas": 9, "resources": {"cpu": 0.7},
+                 "connections": ["sink"]},
+                {"name": "sink", "site": "cloud", "replicas": 2})
+    exact = place([app], nodes)
+    monkeypatch.setattr(orchestrator, "EXACT_MAX_VARS", 0)
+    merged = place([app], nodes)
+    check_hard(merged, nodes)
+    assert plan_cost(list(merged.values()), nodes)[:2] == plan_cost(list(exact.values()),
+                                                                   nodes)[:2]
+
+
+@pytest.mark.slow
+def test_bench_size_within_goal() -> None:
+    """10 edge sites x 100 nodes + cloud, 200 components, ~10,000 instances: <= 5 s."""
+    from bench.bench_orchestrator import make_apps, make_nodes
+
+    nodes, apps = make_nodes(), make_apps()
+    t0 = time.perf_counter()
+    plans = place(apps, nodes)
+    elapsed = time.perf_counter() - t0
+    check_hard(plans, nodes)
+    assert sum(len(p.instances) for p in plans.values()) > 9000
+    assert elapsed <= 5.0, elapsed
