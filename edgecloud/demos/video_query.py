@@ -115,7 +115,7 @@ def train_edge_model(settings: Settings, console: Console, out: Path) -> dict[st
                   "/{task.total}"), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("labelling historical crops with COC", total=None)
 
-        def step(done: int, total: int) -> None:
+        def step(what: str, done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
         crops, labels = build_training_set(["vtest", "bikes"], settings.query,
@@ -123,14 +123,16 @@ def train_edge_model(settings: Settings, console: Console, out: Path) -> dict[st
                                            interval_s=0.2, progress=step)
         task2 = bar.add_task(f"training the edge classifier ({len(crops)} crops)", total=None)
 
-        def step2(done: int, total: int) -> None:
-            bar.update(task2, completed=done, total=total)
+        def step2(what: str, done: int, total: int) -> None:
+            bar.update(task2, description=f"training the edge classifier: {what}",
+                       completed=done, total=total)
 
         model, report = train_edge_classifier(crops, labels, epochs=settings.train_epochs,
-                                              progress=step2)
+                                              progress=step2, query=settings.query)
     model.save(out)
     torch.set_num_threads(1)
-    return dict(report) if isinstance(report, dict) else {"report": str(report)}
+    console.print(f"edge classifier: {report.as_dict()}")
+    return report.as_dict()
 
 
 def deploy(state: RunState, settings: Settings, model_ref: dict[str, Any], db: Path,
