@@ -77,6 +77,9 @@ BROKEN = {
     "unknown field": ("""
         - {name: a, entry: "mod:A", colour: red}
         """, "spec.components[0].colour", "unknown field"),
+    "bad site spelling": ("""
+        - {name: a, entry: "mod:A", site: Edge_1}
+        """, "spec.components[0].site", "expected edge, cloud, any or a site name"),
     "bad resources": ("""
         - {name: a, entry: "mod:A", resources: {cpu: lots}}
         """, "spec.components[0].resources.cpu", ""),
@@ -93,7 +96,12 @@ WITH_INFRA = {
         """, "spec.components[0].perNode.labels", "no node at site(s) cloud"),
     "resources no node can hold": ("""
         - {name: a, entry: "mod:A", site: edge, resources: {cpu: 8}}
-        """, "spec.components[0].resources.cpu", "no eligible node could ever hold cpu 8"),
+        """, "spec.components[0].resources.cpu",
+        "no node at site(s) ec-1, ec-2, ec-3 has cpu >= 8 (largest: ec-1-pc has 4)"),
+    "memory no camera node can hold": ("""
+        - {name: a, entry: "mod:A", perNode: {labels: {camera: "true"}}, resources: {memory: 6Gi}}
+        """, "spec.components[0].resources.memory",
+        "with labels {'camera': 'true'} has memory >= 6.0 GiB (largest: ec-1-rpi1 has 4.0 GiB)"),
 }
 
 
@@ -157,3 +165,53 @@ def test_cli_plan_prints_instances() -> None:
     for name in ["sink-0", "relay-0"] + [f"sensor-{i}" for i in range(9)]:
         assert name in r.output
     assert "cc-gpu" in r.output and "ec-1-rpi1" in r.output
+
+
+def test_schema_and_semantic_errors_are_listed_together(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        - {name: a, entry: "mod:A", colour: red}
+        - {name: b, entry: "mod:B", connections: [ghost, a]}
+        - {name: b, entry: "mod:Missing"}
+        """)
+    found = problems(path)
+    assert [p for p, _ in found] == ["spec.components[0].colour",
+                                     "spec.components[1].connections[0]",
+                                     "spec.components[2].entry", "spec.components[2].name"]
+    assert "(components: a, b, b)" in found[1][1]
+
+
+def test_entries_resolve_through_python_path_without_running_the_module(tmp_path: Path
+                                                                        ) -> None:
+    pkg = tmp_path / "src" / "pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise RuntimeError('must not be imported')\n")
+    (pkg / "comps.py").write_text("import torch  # not installed here\n\n\n"
+                                  "class Detector:\n    pass\n")
+    (tmp_path / "made.py").write_text("def make():\n    return type('Made', (), {})\n\n\n"
+                                      "Made = make()\nNotAClass = 3\n")
+    head = HEAD.replace("spec:\n", "spec:\n  pythonPath: [src, lib]\n  controller: "
+                                    "{entry: 'made:Gone'}\n")
+    path = write(tmp_path, """
+        - {name: a, entry: "pkg.comps:Detector"}
+        - {name: b, entry: "made:Made"}
+        - {name: c, entry: "made:NotAClass"}
+        - {name: d, entry: "pkg.comps:Classifier"}
+        """, head)
+    found = dict(problems(path))
+    assert set(found) == {"spec.pythonPath[1]", "spec.components[2].entry",
+                          "spec.components[3].entry", "spec.controller.entry"}
+    assert found["spec.pythonPath[1]"] == f"directory {tmp_path / 'lib'} not found"
+    assert found["spec.components[2].entry"].endswith("has no class 'NotAClass'")
+    assert "has no class 'Classifier' (classes: Detector)" in found["spec.components[3].entry"]
+    assert "has no class 'Gone'" in found["spec.controller.entry"]
+
+
+def test_missing_module_names_the_search_path(tmp_path: Path) -> None:
+    path = write(tmp_path, '- {name: a, entry: "nosuchmodule:A"}\n')
+    [(where, message)] = problems(path)
+    assert where == "spec.components[0].entry"
+    assert f"cannot find module 'nosuchmodule' in {tmp_path}" in message
+
+
+def test_source_dir_is_kept() -> None:
+    assert load_application(RELAY).source_dir == RELAY.parent
