@@ -16,6 +16,8 @@ from edgecloud.resource.state import load_run_state
 
 if TYPE_CHECKING:
     from edgecloud.application.plan import DeploymentPlan
+    from edgecloud.application.topology import Application
+    from edgecloud.platform.orchestrator import NodeInfo
 
 app = typer.Typer(no_args_is_help=True)
 app_lifecycle.register(app)
@@ -54,7 +56,6 @@ def plan(file: Annotated[Path, typer.Argument(help="Topology file")],
     is taken as Ready and empty.
     """
     from edgecloud.application.topology import load_application
-    from edgecloud.platform.orchestrator import NodeInfo, place
 
     if infra is None and (home is not None or home_of(None).state_file.exists()):
         client, state = app_lifecycle.client_for(home_of(home))
@@ -68,11 +69,8 @@ def plan(file: Annotated[Path, typer.Argument(help="Topology file")],
 
             raise UserError("no infrastructure to plan on: pass --infra FILE, or --home of a "
                             "running `edgecloud up`")
-        application = load_application(file, inf)
-        nodes = [NodeInfo(name=n.name, site=s.name, site_kind=s.kind, labels=n.labels,
-                          resources=n.resources) for s in inf.spec.sites for n in s.nodes]
-        doc = place([application], nodes)[application.name].model_dump(mode="json",
-                                                                       by_alias=True)
+        doc = plan_for(load_application(file, inf), inf).model_dump(mode="json",
+                                                                     by_alias=True)
     if as_json:
         print_json(doc)
         return
@@ -131,9 +129,17 @@ def export(name_or_file: Annotated[str, typer.Argument(
 def _offline_plan(file: Path, inf: Infrastructure) -> DeploymentPlan:
     """Plan a topology on a declared infrastructure (every node Ready and empty)."""
     from edgecloud.application.topology import load_application
+
+    return plan_for(load_application(file, inf), inf)
+
+
+def plan_for(application: Application, inf: Infrastructure,
+             node_infos: list[NodeInfo] | None = None) -> DeploymentPlan:
+    """Place one application on `inf`: on `node_infos` (live states) when given, else on
+    every declared node taken as Ready and empty."""
     from edgecloud.platform.orchestrator import NodeInfo, place
 
-    application = load_application(file, inf)
-    nodes = [NodeInfo(name=n.name, site=s.name, site_kind=s.kind, labels=n.labels,
-                      resources=n.resources) for s in inf.spec.sites for n in s.nodes]
-    return place([application], nodes)[application.name]
+    if node_infos is None:
+        node_infos = [NodeInfo(name=n.name, site=s.name, site_kind=s.kind, labels=n.labels,
+                               resources=n.resources) for s in inf.spec.sites for n in s.nodes]
+    return place([application], node_infos)[application.name]
