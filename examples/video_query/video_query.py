@@ -43,11 +43,11 @@ class DataGenerator(Component):
         start = float(self.params.get("live_from", 0.4))
         source = VideoSource(find_clip(clip), loop=True, realtime=True,
                              start_frac=start + offset % (1 - start), end_frac=1.0)
-        width = int(self.params.get("width", 640))
+        width = int(self.params.get("width", 0))  # 0: the clip's own resolution
         for idx, ts, frame in source:
             if self.stopped.is_set():
                 return
-            if frame.shape[1] > width:
+            if width and frame.shape[1] > width:
                 frame = cv2.resize(frame, (width, frame.shape[0] * width // frame.shape[1]))
             self.send("od", {"camera": self.name, "clip": clip, "idx": idx, "ts": ts,
                              "jpeg": encode_jpeg(frame, quality=85)})
@@ -57,9 +57,7 @@ class ObjectDetector(Component):
     """OD: three-frame differencing every `interval` s; crops go where the policy says."""
 
     def setup(self) -> None:
-        from edgecloud.ml.vision import FrameDifferencer
-
-        self.detector = FrameDifferencer()
+        self.detectors: dict[tuple[int, int], Any] = {}
         self.frames: deque[tuple[int, np.ndarray]] = deque(maxlen=3)
         self.next_sample = time.monotonic()
         self.crops = self.metrics.counter("crops_total", "crops extracted")
@@ -75,7 +73,7 @@ class ObjectDetector(Component):
         self.next_sample = now + float(self.params["interval"])
         run_id = str(self.params["run"])
         (_, a), (_, b), (idx, c) = self.frames
-        crops, _boxes = self.detector.detect(a, b, c)
+        crops, _boxes = self.detector_for(c.shape[:2]).detect(a, b, c)
         camera = msg.payload["camera"]
         for k, crop in enumerate(crops):
             crop_id = f"{camera}-{idx}-{k}-{int(time.time() * 1000) % 100000}"
@@ -86,6 +84,20 @@ class ObjectDetector(Component):
                       {"id": crop_id, "run": run_id, "camera": camera, "t_sent": time.time(),
                        "jpeg": jpeg, "site": self.site, "via": "od"})
             self.crops.inc()
+
+
+    def detector_for(self, shape: tuple[int, int]) -> Any:
+        """ACE's detector settings, its area threshold scaled to this frame size.
+
+        ACE keeps contours above 4096 px on 1920x1080 frames; the same share of the frame
+        on a 768x576 clip is ~870 px (`min_area` in params overrides it)."""
+        from edgecloud.ml.vision import FrameDifferencer
+
+        if shape not in self.detectors:
+            scaled = 4096 * shape[0] * shape[1] / (1920 * 1080)
+            area = float(self.params.get("min_area", scaled))
+            self.detectors[shape] = FrameDifferencer(min_area=area)
+        return self.detectors[shape]
 
 
 class _Reporting(Component):
