@@ -1,23 +1,32 @@
 """Orchestrator at scale: ~10,000 instances on ~1,000 nodes, goal <= 5 s.
 
     python bench/bench_orchestrator.py [--seed N] [--sites 10] [--nodes-per-site 100]
+                                       [--small 200]
 
 Builds 10 edge sites x 100 nodes (Raspberry Pis with cameras in two memory sizes, PCs,
 GPU boxes, gateways) plus a cloud site, and 20 applications of 10 components each (perNode
 sensors on camera nodes, replicated relays, detectors on GPU nodes, cloud aggregators,
 chained by connections). Prints the size of the problem, the solve time of
-`orchestrator.place` and the lexicographic objective (WAN, moves, peak per-mille).
+`orchestrator.place` and the lexicographic objective (WAN, moves, peak per-mille); then
+re-plans with 5% of the nodes NotReady (stickiness: only their instances should move); then
+checks `--small` random small instances against a brute-force enumeration of every plan
+(the objective must equal the optimum; infeasible exactly when no plan exists).
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 from edgecloud.application.topology import Application
-from edgecloud.platform.orchestrator import NodeInfo, place, plan_cost
+from edgecloud.platform.orchestrator import NodeInfo, PlacementError, place, plan_cost
 from edgecloud.resource.infra import Resources
 
 GIB = 1 << 30
@@ -94,16 +103,58 @@ def make_apps(n_apps: int = 20, sites: int = 10, seed: int = 1) -> list[Applicat
 
 def run(sites: int = 10, per_site: int = 100, n_apps: int = 20, seed: int = 1,
         time_limit_s: float = 10.0) -> dict[str, Any]:
-    """One placement; returns sizes, time and objective."""
+    """One placement, then a re-plan with 5% of the nodes NotReady; sizes, times, costs."""
     nodes = make_nodes(sites, per_site)
     apps = make_apps(n_apps, sites, seed)
     t0 = time.perf_counter()
     plans = place(apps, nodes, time_limit_s=time_limit_s)
     elapsed = time.perf_counter() - t0
     n_inst = sum(len(p.instances) for p in plans.values())
+    current = {f"{p.app}/{i.name}": i.node for p in plans.values() for i in p.instances}
+    lost = set(random.Random(seed).sample([n.name for n in nodes], len(nodes) // 20))
+    nodes2 = [n.model_copy(update={"ready": n.name not in lost}) for n in nodes]
+    t0 = time.perf_counter()
+    plans2 = place(apps, nodes2, current=current, time_limit_s=time_limit_s)
+    elapsed2 = time.perf_counter() - t0
+    moved = sum(1 for p in plans2.values() for i in p.instances
+                if current.get(f"{p.app}/{i.name}") not in (None, i.node))
+    # replicas on a lost node must move; perNode instances there just go away
+    forced = sum(1 for p in plans.values() for i in p.instances if i.node in lost
+                 and p.application.component(i.component).per_node is None)
     return {"nodes": len(nodes), "components": sum(len(a.spec.components) for a in apps),
             "instances": n_inst, "seconds": elapsed,
-            "objective": plan_cost(list(plans.values()), nodes)}
+            "objective": plan_cost(list(plans.values()), nodes),
+            "replan_seconds": elapsed2, "replan_instances":
+                sum(len(p.instances) for p in plans2.values()),
+            "lost_nodes": len(lost), "forced": forced, "moved": moved}
+
+
+def agreement(n: int, seed: int = 0) -> dict[str, Any]:
+    """Random small instances until `n` have a plan: place() vs the brute-force optimum
+    (the infeasible ones met on the way are checked too)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.test_orchestrator import brute_force, random_case
+
+    rnd = random.Random(seed)
+    same = infeasible = worse = wrong_infeasible = 0
+    slowest = 0.0
+    while same + worse + wrong_infeasible < n:  # n cases that have a plan
+        app, nodes, placed, current = random_case(rnd)
+        best = brute_force(app, nodes, placed, current)
+        t0 = time.perf_counter()
+        try:
+            plans = place([app], nodes, placed=placed, current=current)
+        except PlacementError:
+            infeasible += best is None
+            wrong_infeasible += best is not None
+            continue
+        finally:
+            slowest = max(slowest, time.perf_counter() - t0)
+        got = plan_cost(list(plans.values()), nodes, placed=placed, current=current)
+        same += got == best
+        worse += got != best
+    return {"cases": n + infeasible, "optimal": same, "infeasible_agreed": infeasible,
+            "differ": worse, "false_infeasible": wrong_infeasible, "slowest_s": slowest}
 
 
 def main() -> None:
@@ -112,13 +163,28 @@ def main() -> None:
     ap.add_argument("--sites", type=int, default=10)
     ap.add_argument("--nodes-per-site", type=int, default=100)
     ap.add_argument("--apps", type=int, default=20)
+    ap.add_argument("--small", type=int, default=200, help="random small instances checked "
+                                                           "against brute force")
     args = ap.parse_args()
     r = run(args.sites, args.nodes_per_site, args.apps, args.seed)
     wan, moves, peak = r["objective"]
-    print(f"nodes={r['nodes']} components={r['components']} instances={r['instances']}")
-    print(f"solve_s={r['seconds']:.2f} (goal <= 5.00) objective: wan={wan} moves={moves} "
-          f"peak_permille={peak}")
-
+    console = Console(width=max(Console().width, 120))
+    table = Table("run", "size", "seconds", "goal", "result",
+                  title="orchestrator.place on this machine (2 cores)")
+    size = f"{r['nodes']} nodes, {r['components']} components, {r['instances']:,} instances"
+    table.add_row("first placement", size, f"{r['seconds']:.2f}", "<= 5.00",
+                  f"wan={wan} moves={moves} peak cpu={peak / 10:.1f}%")
+    table.add_row(f"re-plan, {r['lost_nodes']} nodes NotReady", size.replace(
+        f"{r['instances']:,}", f"{r['replan_instances']:,}"), f"{r['replan_seconds']:.2f}",
+        "<= 5.00", f"moved={r['moved']} (replicas on lost nodes: {r['forced']})")
+    if args.small:
+        a = agreement(args.small, args.seed)
+        table.add_row(f"{a['cases']} small random cases vs brute force",
+                      "2-4 nodes, 2-3 components, <= 12 instances",
+                      f"{a['slowest_s']:.2f} max", "all optimal",
+                      f"optimal={a['optimal']} infeasible (agreed)={a['infeasible_agreed']} "
+                      f"differ={a['differ']} false infeasible={a['false_infeasible']}")
+    console.print(table)
 
 if __name__ == "__main__":
     main()

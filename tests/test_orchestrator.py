@@ -191,7 +191,7 @@ def test_not_ready_node_moves_only_its_instances() -> None:
     assert plan_cost([second], nodes2, current=current)[1] == len(moved)
 
 
-def _brute_force(app: Application, nodes: list[NodeInfo], placed: list[PlacedInstance],
+def brute_force(app: Application, nodes: list[NodeInfo], placed: list[PlacedInstance],
                  current: dict[str, str]) -> tuple[int, int, int] | None:
     """The lexicographic optimum (WAN, moves, peak CPU per-mille) by enumeration."""
     ready = [n for n in nodes if n.ready]
@@ -241,10 +241,11 @@ def _brute_force(app: Application, nodes: list[NodeInfo], placed: list[PlacedIns
     return best
 
 
-def _random_case(rnd: random.Random) -> tuple[Application, list[NodeInfo],
+def random_case(rnd: random.Random) -> tuple[Application, list[NodeInfo],
                                                list[PlacedInstance], dict[str, str]]:
     sites = ["cloud", "ec-1", "ec-2"][:rnd.randint(2, 3)]
-    nodes = [node(f"n{k}", rnd.choice(sites), cpu=rnd.choice([1, 2, 4]), mem=rnd.choice([1, 2]),
+    nodes = [node(f"n{k}", rnd.choice(sites), cpu=rnd.choice([1, 2, 4, 8]),
+                  mem=rnd.choice([1, 2, 4]),
                   gpu=rnd.choice([0, 0, 1]), labels=rnd.choice([{}, {"camera": "true"}]),
                   ready=rnd.random() > 0.1)
              for k in range(rnd.randint(2, 4))]
@@ -276,8 +277,8 @@ def test_random_small_instances_match_brute_force() -> None:
     rnd = random.Random(7)
     solved = infeasible = 0
     while solved < 40:
-        app, nodes, placed, current = _random_case(rnd)
-        best = _brute_force(app, nodes, placed, current)
+        app, nodes, placed, current = random_case(rnd)
+        best = brute_force(app, nodes, placed, current)
         try:
             plans = place([app], nodes, placed=placed, current=current)
         except PlacementError:

@@ -2,10 +2,11 @@
 
 OR-Tools CP-SAT over integer counts (how many instances of component c on node n), so
 the model grows with components x eligible nodes, not with instances. Identical nodes
-(same site, labels, capacity and free capacity, no current instance) are merged into
-classes when the exact model would be large, and the class counts are spread over the
-class's nodes afterwards (largest instances first, onto the least loaded node that holds
-them); a class whose spread fails is split back into single nodes and the model re-solved.
+(same site, labels, capacity and free capacity) are merged into classes when the exact
+model would be large, and the class counts are spread over the class's nodes afterwards
+(instances that stay first, onto the nodes they run on; then largest instances first,
+onto the least loaded node that holds them); a class whose spread fails is split back
+into single nodes and the model re-solved, so hard constraints always hold.
 
 Hard constraints: site (edge | cloud | a site | any), node labels, perNode (one instance
 on every eligible Ready node), replicas, capacity (cpu, memory, gpu) summed over all
@@ -17,9 +18,11 @@ Objective, lexicographic (each term dominates the next):
   2. moves: instances not kept on the node they run on now (`current`);
   3. balance: the highest CPU utilisation of any node, in per-mille of its capacity.
 
-With classes, terms 1 and 2 are still exact (they depend on site counts and on nodes
-that hold current instances, which are never merged); term 3 is modelled by the class's
-average utilisation and reached by the spread up to rounding.
+Terms 1 and 2 are exact with classes too (term 1 depends on site counts only; term 2
+counts, per class, min(current instances on its nodes, instances planned there), which
+the spread realises); term 3 is modelled by a class's average utilisation and reached by
+the spread up to rounding (exact when no class has several nodes: small problems).
+`plan_cost` computes the three terms of finished plans, e.g. for a brute-force check.
 """
 
 from __future__ import annotations
@@ -129,10 +132,11 @@ def place(apps: list[Application], nodes: list[NodeInfo], *,
                 free[p.node][k] -= v
     comps = [_component(app, c, ready) for app in apps for c in app.spec.components]
     merge = sum(len(c.eligible) for c in comps if not c.fixed) > EXACT_MAX_VARS
-    groups = _groups(ready, free, pinned=set(current.values()), merge=merge)
+    groups = _groups(ready, free, merge=merge)
+    cur = {c.key: _current_nodes(c, current) for c in comps}
     while True:
         budget = max(deadline - time.monotonic(), 0.5)
-        status, solution = _solve(comps, groups, current, budget,
+        status, solution = _solve(comps, groups, cur, budget,
                                   peak_time_s=PEAK_TIME_S if merge else None)
         if solution is None and status == cp_model.UNKNOWN:
             raise PlacementError(f"no plan found within {time_limit_s:g} s for "
@@ -140,7 +144,7 @@ def place(apps: list[Application], nodes: list[NodeInfo], *,
                                  "limit or simplify the constraints")
         if solution is None:
             raise _explain(comps, nodes, free, groups)
-        per_node, failed = _spread(comps, solution, groups)
+        per_node, failed = _spread(comps, solution, groups, cur)
         if not failed:
             break
         groups = _split(groups, failed)
@@ -170,14 +174,14 @@ def _sites(selector: str, kinds: dict[str, str]) -> set[str]:
 
 
 # -- node classes -----------------------------------------------------------------------------
-def _groups(ready: list[NodeInfo], free: dict[str, list[int]], pinned: set[str],
-            merge: bool) -> dict[str, _Group]:
+def _groups(ready: list[NodeInfo], free: dict[str, list[int]], merge: bool
+            ) -> dict[str, _Group]:
     """One group per class of identical nodes (merge) or per node (exact model)."""
     classes: dict[tuple[object, ...], list[NodeInfo]] = defaultdict(list)
     for n in ready:
         key: tuple[object, ...] = (n.site, n.site_kind, tuple(sorted(n.labels.items())),
                                    _req(n.resources), tuple(free[n.name]))
-        if not merge or n.name in pinned:
+        if not merge:
             key = (n.name,)
         classes[key].append(n)
     out = {}
@@ -208,7 +212,7 @@ def _group_of(groups: dict[str, _Group]) -> dict[str, str]:
 
 
 # -- the model --------------------------------------------------------------------------------
-def _solve(comps: list[_Comp], groups: dict[str, _Group], current: dict[str, str],
+def _solve(comps: list[_Comp], groups: dict[str, _Group], cur: dict[str, dict[str, int]],
            time_limit_s: float, peak_time_s: float | None = None, optimize: bool = True
            ) -> tuple[int, dict[str, dict[str, int]] | None]:
     """Counts per (component, group); None when infeasible (or no solution in time).
@@ -238,14 +242,14 @@ def _solve(comps: list[_Comp], groups: dict[str, _Group], current: dict[str, str
     if not optimize:
         r = _run(m, comps, max(deadline - time.monotonic(), 0.1))
         return r.status, r.counts
-    hint = _greedy(comps, groups)
+    hint = _greedy(comps, groups, {c.key: _by_group(cur[c.key], group_of) for c in comps})
     hints: dict[cp_model.IntVar, int] = {}
     for c in comps:
         for g, x in c.vars.items():
             if not isinstance(x, int):
                 hints[x] = hint[c.key].get(g, 0)
     wan = _wan_terms(m, comps, groups, hint, hints)
-    moves, n_current = _moves(m, comps, group_of, current, hint, hints)
+    moves, n_current = _moves(m, comps, group_of, cur, hint, hints)
     peak = _peak(m, groups, load, hints)
     n_inst = sum(c.count for c in comps)
     primary = wan * (max(n_inst, n_current) + 1) + moves
@@ -383,28 +387,41 @@ def _wan_terms(m: cp_model.CpModel, comps: list[_Comp], groups: dict[str, _Group
 
 
 def _moves(m: cp_model.CpModel, comps: list[_Comp], group_of: dict[str, str],
-           current: dict[str, str], hint: dict[str, dict[str, int]],
+           cur: dict[str, dict[str, int]], hint: dict[str, dict[str, int]],
            hints: dict[cp_model.IntVar, int]) -> tuple[cp_model.LinearExprT, int]:
-    """2. moves: current instances (on eligible nodes) not kept on their node."""
+    """2. moves: current instances (on eligible Ready nodes) not kept on their node.
+
+    Counted per class: of the `k` current instances of c on a class's nodes, min(k, x)
+    can stay, and `_spread` puts the class's instances on those nodes first (a class
+    where that fails is split into single nodes and the model re-solved).
+    """
     kept_terms: list[cp_model.LinearExprT] = []
     total_current = 0
     for c in comps:
-        eligible = set(c.eligible)
         here: dict[str, int] = defaultdict(int)
-        for node in _current_of(c, current).values():
-            if node in eligible:
-                here[node] += 1
-        for n, k in here.items():
+        for n, k in cur[c.key].items():
+            here[group_of[n]] += k
+        for g, k in here.items():
             total_current += k
-            x = c.vars.get(group_of[n], 0)  # a node with current instances is its own group
+            x = c.vars.get(g, 0)
             if isinstance(x, int):
                 kept_terms.append(min(x, k))
             else:
-                s = m.new_int_var(0, k, f"stay[{c.key},{n}]")
-                m.add(s <= x)
-                hints[s] = min(k, hint[c.key].get(group_of[n], 0))
-                kept_terms.append(s)
+                stay = m.new_int_var(0, k, f"stay[{c.key},{g}]")
+                m.add(stay <= x)
+                hints[stay] = min(k, hint[c.key].get(g, 0))
+                kept_terms.append(stay)
     return total_current - sum(kept_terms), total_current
+
+
+def _current_nodes(c: _Comp, current: dict[str, str]) -> dict[str, int]:
+    """How many current instances of `c` run on each of its eligible (Ready) nodes."""
+    eligible = set(c.eligible)
+    out: dict[str, int] = defaultdict(int)
+    for node in _current_of(c, current).values():
+        if node in eligible:
+            out[node] += 1
+    return dict(out)
 
 
 def _current_of(c: _Comp, current: dict[str, str]) -> dict[str, str]:
@@ -428,11 +445,20 @@ def _current_of(c: _Comp, current: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def _greedy(comps: list[_Comp], groups: dict[str, _Group]) -> dict[str, dict[str, int]]:
-    """A start for the solver: each component's instances round-robin over its eligible
-    sites (so every connected component is present wherever its senders are), each onto
-    the group of the site with the most free CPU that holds it; stays on current nodes
-    come from the solver."""
+def _by_group(on_nodes: dict[str, int], group_of: dict[str, str]) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for n, k in on_nodes.items():
+        out[group_of[n]] += k
+    return dict(out)
+
+
+def _greedy(comps: list[_Comp], groups: dict[str, _Group], cur: dict[str, dict[str, int]]
+            ) -> dict[str, dict[str, int]]:
+    """A start for the solver: each component's current instances stay where they are
+    (`cur`: per group) as far as they fit; the others go round-robin over its eligible
+    sites, sites without an instance yet first (so every connected component is present
+    wherever its senders are), each onto the group of the site with the most free CPU
+    that holds it. A good start lets the LP bound prove the first stage optimal at once."""
     left = {g.name: [max(g.free[k], 0) * g.size for k in range(3)] for g in groups.values()}
     out: dict[str, dict[str, int]] = {}
     for c in comps:
@@ -448,9 +474,18 @@ def _greedy(comps: list[_Comp], groups: dict[str, _Group]) -> dict[str, dict[str
         for g, x in c.vars.items():
             if not isinstance(x, int):
                 by_site[groups[g].site].append(g)
-        sites = sorted(by_site)
         counts: dict[str, int] = defaultdict(int)
-        for i in range(c.count):
+        for g, k in sorted(cur[c.key].items()):
+            for _ in range(min(k, c.ubs.get(g, 0))):
+                if sum(counts.values()) == c.count or not all(left[g][d] >= c.req[d]
+                                                              for d in range(3)):
+                    break
+                counts[g] += 1
+                for d in range(3):
+                    left[g][d] -= c.req[d]
+        present = {groups[g].site for g, k in counts.items() if k}
+        sites = sorted(by_site, key=lambda s: (s in present, s))
+        for i in range(c.count - sum(counts.values())):
             for j in range(len(sites)):
                 fits = [g for g in by_site[sites[(i + j) % len(sites)]]
                         if counts[g] < c.ubs[g] and all(left[g][k] >= c.req[k]
@@ -468,7 +503,8 @@ def _greedy(comps: list[_Comp], groups: dict[str, _Group]) -> dict[str, dict[str
 
 # -- from class counts to node counts ---------------------------------------------------------
 def _spread(comps: list[_Comp], solution: dict[str, dict[str, int]],
-            groups: dict[str, _Group]) -> tuple[dict[str, dict[str, int]], list[str]]:
+            groups: dict[str, _Group], cur: dict[str, dict[str, int]]
+            ) -> tuple[dict[str, dict[str, int]], list[str]]:
     """Node counts per component; also the classes whose counts could not be spread."""
     per_node: dict[str, dict[str, int]] = {c.key: {} for c in comps}
     failed = []
@@ -483,7 +519,7 @@ def _spread(comps: list[_Comp], solution: dict[str, dict[str, int]],
             for c, k in todo:
                 per_node[c.key][g.name] = k
             continue
-        counts = _pack(g, free, todo)
+        counts = _pack(g, free, todo, cur)
         if counts is None:
             failed.append(g.name)
             continue
@@ -492,15 +528,34 @@ def _spread(comps: list[_Comp], solution: dict[str, dict[str, int]],
     return per_node, failed
 
 
-def _pack(g: _Group, free: list[list[int]], todo: list[tuple[_Comp, int]]
-          ) -> dict[str, dict[str, int]] | None:
-    """Largest instances first, each onto the least CPU-loaded node of `g` that holds it."""
+def _pack(g: _Group, free: list[list[int]], todo: list[tuple[_Comp, int]],
+          cur: dict[str, dict[str, int]]) -> dict[str, dict[str, int]] | None:
+    """Spread a class's counts over its nodes: first the instances that stay (onto the
+    nodes they run on, as many as the model kept), then largest instances first, each
+    onto the least CPU-loaded node that holds it. None if something does not fit."""
     out: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    index = {n: i for i, n in enumerate(g.nodes)}
+    left = {}
+    for c, k in todo:
+        stay = min(k, sum(v for n, v in cur[c.key].items() if n in index))
+        for n, v in sorted(cur[c.key].items()):
+            if stay == 0 or n not in index:
+                continue
+            take = min(v, stay)
+            i = index[n]
+            if any(take * c.req[d] > free[i][d] for d in range(3)):
+                return None  # the class's nodes cannot keep them: solve them one by one
+            for d in range(3):
+                free[i][d] -= take * c.req[d]
+            out[c.key][n] += take
+            stay -= take
+            k -= take
+        left[c.key] = k
     heap = [(g.free[0] - f[0], i) for i, f in enumerate(free)]  # (cpu used, node index)
     heapq.heapify(heap)
     items = sorted(todo, key=lambda ck: (ck[0].req, ck[0].key), reverse=True)
-    for c, k in items:
-        for _ in range(k):
+    for c, _ in items:
+        for _ in range(left[c.key]):
             skipped = []
             while heap:
                 used, i = heapq.heappop(heap)
@@ -513,8 +568,8 @@ def _pack(g: _Group, free: list[list[int]], todo: list[tuple[_Comp, int]]
                 free[i][d] -= c.req[d]
             out[c.key][g.nodes[i]] += 1
             heapq.heappush(heap, (used + c.req[0], i))
-            for s in skipped:
-                heapq.heappush(heap, s)
+            for sk in skipped:
+                heapq.heappush(heap, sk)
     return {key: dict(v) for key, v in out.items()}
 
 
@@ -619,10 +674,12 @@ def plan_cost(plans: list[DeploymentPlan], nodes: list[NodeInfo], *,
               current: dict[str, str] | None = None) -> tuple[int, int, int]:
     """The objective of finished plans: (WAN, moves, peak CPU per-mille), as defined above.
 
-    Moves count planned instances whose name runs on another node in `current`.
+    Moves count planned instances whose name runs on another node in `current`; the peak
+    is ceil(1000 * CPU used / CPU capacity), the maximum over Ready nodes, counting
+    `placed` instances too.
     """
     current = current or {}
-    by_name = {n.name: n for n in nodes}
+    by_name = {n.name: n for n in nodes if n.ready}
     wan = moves = 0
     cpu: dict[str, int] = defaultdict(int)
     for p in placed:
@@ -633,7 +690,8 @@ def plan_cost(plans: list[DeploymentPlan], nodes: list[NodeInfo], *,
         for i in plan.instances:
             sites[i.component].add(i.site)
             cpu[i.node] += _req(comps[i.component].resources)[0]
-            moves += current.get(i.name, i.node) != i.node
+            was = current.get(f"{plan.app}/{i.name}", current.get(i.name, i.node))
+            moves += was != i.node
         for i in plan.instances:
             wan += sum(1 for t in comps[i.component].connections if i.site not in sites[t])
     peak = max((-(-1000 * load // cap) for n, load in cpu.items() if n in by_name
