@@ -339,3 +339,26 @@ def test_bench_size_within_goal() -> None:
     check_hard(plans, nodes)
     assert sum(len(p.instances) for p in plans.values()) > 9000
     assert elapsed <= 5.0, elapsed
+
+
+def test_merged_classes_keep_instances_on_their_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-plan with classes (current instances counted per class, kept first by the
+    spread): as few moves as the exact model; `<app>/<instance>` keys for several apps."""
+    from edgecloud.platform import orchestrator
+
+    nodes = [node(f"ec-{s}-n{k}", f"ec-{s}", cpu=2, mem=2) for s in (1, 2) for k in range(6)]
+    apps = [mkapp(name, {"name": "w", "site": "edge", "replicas": 10, "resources": {"cpu": 0.5},
+                         "connections": ["v"]},
+                  {"name": "v", "site": "edge", "replicas": 3, "resources": {"cpu": 0.25}})
+            for name in ("p", "q")]
+    first = place(apps, nodes)
+    current = {f"{p.app}/{i.name}": i.node for p in first.values() for i in p.instances}
+    lost = first["p"].instances_of("w")[0].node
+    nodes2 = [n.model_copy(update={"ready": n.name != lost}) for n in nodes]
+    exact = place(apps, nodes2, current=current)
+    monkeypatch.setattr(orchestrator, "EXACT_MAX_VARS", 0)
+    merged = place(apps, nodes2, current=current)
+    check_hard(merged, nodes2)
+    forced = sum(1 for n in current.values() if n == lost)
+    assert plan_cost(list(merged.values()), nodes2, current=current)[:2] == \
+        plan_cost(list(exact.values()), nodes2, current=current)[:2] == (0, forced)
