@@ -17,8 +17,8 @@ app = typer.Typer(no_args_is_help=True)
 def video_query(
     quick: Annotated[bool, typer.Option("--quick", help="A short sweep (about 5 minutes)")]
     = False,
-    query: Annotated[str, typer.Option(help="What to look for: car, bicycle, truck, "
-                                            "motorcycle")] = "car",
+    query: Annotated[str, typer.Option(help="What to look for: person, car, van, truck, bus, "
+                                            "bicycle, motorcycle, vehicle")] = "person",
     cameras: Annotated[int, typer.Option(help="Camera nodes of the ACE testbed to run "
                                               "(9 in the paper)")] = 3,
     run_seconds: Annotated[float | None, typer.Option("--run-seconds",

@@ -47,7 +47,7 @@ APP = "video-query"
 
 @dataclass
 class Settings:
-    query: str = "car"
+    query: str = "person"
     quick: bool = False
     cameras: int = 3
     modes: tuple[str, ...] = MODES

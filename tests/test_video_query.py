@@ -1,0 +1,61 @@
+"""The video-query application end to end on the embedded ACE testbed (scaled down).
+
+An untrained edge classifier is enough here: the test proves the pipeline (DG -> OD ->
+EOC/COC -> RS across sites, driven by the in-app controller) and the run machinery of
+`edgecloud demo video-query`, not the model's quality (bench and demo measure that).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from rich.console import Console  # noqa: E402
+
+from edgecloud.demos import video_query as vq  # noqa: E402
+from edgecloud.resource.files import FileClient  # noqa: E402
+
+
+def test_short_run_stores_results_for_every_mode(tmp_path: Path) -> None:
+    import torch
+
+    from edgecloud.ml.vision import find_clip
+    from edgecloud.ml.vision.edge_classifier import EdgeClassifier, EdgeNet
+
+    try:
+        find_clip("vtest")
+        find_clip("bikes")
+    except FileNotFoundError as exc:
+        pytest.skip(f"video clips not installed: {exc}")
+    torch.manual_seed(0)
+    model = tmp_path / "eoc.bin"
+    EdgeClassifier(EdgeNet(), "car").save(model)
+    settings = vq.Settings(cameras=2, run_s=8.0, drain_s=20.0, home=tmp_path / "home")
+    console = Console(width=160)
+    with vq.infrastructure(settings, console) as state, tempfile.TemporaryDirectory() as tmp:
+        cloud = FileClient(state.cloud.files.url("http"), "cloud")
+        ref = cloud.put(model, key="models/eoc-test.bin")
+        db = Path(state.home) / "results.sqlite"
+        client = vq.deploy(state, settings, ref.model_dump(), db, Path(tmp))
+        op = vq.Operator(state)
+        try:
+            runs = [vq.run_once(op, state, settings, db, mode, 0.3, 0.0)
+                    for mode in ("CI", "ECCI")]
+        finally:
+            op.close()
+            client.request("DELETE", f"/apps/{vq.APP}", "delete")
+            client.close()
+    ci, ecci = runs
+    for run in runs:
+        assert run.crops, f"{run.mode}: OD extracted no crops"
+        assert run.rows, f"{run.mode}: nothing reached result storage"
+        assert set(run.rows) <= set(run.crops)
+        for row in run.rows.values():
+            assert row["t_decided"] >= row["t_sent"] and row["camera"].startswith("dg-")
+    assert {r["location"] for r in ci.rows.values()} == {"cloud"}  # CI: all to COC
+    assert ci.wan_bytes > 0
+    assert len(ci.rows) >= 0.9 * len(ci.crops)  # drained: (almost) every crop decided
