@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -35,6 +36,8 @@ def video_query(
     from edgecloud.ml.vision import query_classes
 
     query_classes(query)  # unknown queries fail before anything starts
+    # SIGTERM unwinds like Ctrl-C, so the demo always tears its infrastructure down.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     kw = {"query": query, "cameras": cameras, "home": home, "json_path": json_path,
           "plots_dir": plots}
     if run_seconds is not None:

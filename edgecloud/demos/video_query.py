@@ -58,12 +58,13 @@ class Settings:
     home: Path | None = None
     json_path: Path | None = None
     plots_dir: Path | None = None
-    train_epochs: int = 8
+    train_epochs: int = 10
+    train_min_area: float = 1024.0
 
     @classmethod
     def quick_settings(cls, **kw: Any) -> Settings:
         base: dict[str, Any] = {"quick": True, "intervals": (0.3, 0.1), "delays_ms": (50.0,),
-                                "run_s": 15.0, "drain_s": 25.0, "train_epochs": 4}
+                                "run_s": 15.0, "drain_s": 25.0, "train_epochs": 8}
         return cls(**{**base, **{k: v for k, v in kw.items() if v is not None}})
 
 
@@ -118,9 +119,12 @@ def train_edge_model(settings: Settings, console: Console, out: Path) -> dict[st
         def step(what: str, done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
+        # Denser than the live detector (smaller area, every 0.1 s) so the historical
+        # segment gives the edge model hundreds of examples instead of dozens.
         crops, labels = build_training_set(["vtest", "bikes"], settings.query,
-                                           CloudClassifier(), FrameDifferencer(),
-                                           interval_s=0.2, progress=step)
+                                           CloudClassifier(),
+                                           FrameDifferencer(min_area=settings.train_min_area),
+                                           interval_s=0.1, progress=step)
         task2 = bar.add_task(f"training the edge classifier ({len(crops)} crops)", total=None)
 
         def step2(what: str, done: int, total: int) -> None:
