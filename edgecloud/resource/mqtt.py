@@ -78,6 +78,16 @@ class _Paho(paho.Client):
         self._rbuf = b""
         self._rbuf_sock: Any = None
         self._wake_pending = False
+        self.after_connack: Callable[[], None] | None = None
+
+    def _handle_connack(self) -> MQTTErrorCode:
+        # paho marks the connection up *before* on_connect and retransmits unacknowledged
+        # messages only *after* it; the owner releases held publishes once that is done,
+        # so nothing published during a reconnect overtakes an older message.
+        rc = super()._handle_connack()
+        if self.after_connack is not None:
+            self.after_connack()
+        return rc
 
     def _packet_queue(self, command: int, packet: bytes | bytearray, mid: int, qos: int,
                       info: Any = None) -> MQTTErrorCode:
@@ -182,6 +192,7 @@ class MqttClient:
         self._paho.max_queued_messages_set(0)
         self._paho.reconnect_delay_set(min_delay=0.1, max_delay=5)  # type: ignore[arg-type]
         self._paho.on_connect = self._on_connect
+        self._paho.after_connack = self._release_held
         self._paho.on_disconnect = self._on_disconnect
         self._paho.on_message = self._on_message
         self._paho.on_publish = self._on_publish
@@ -192,6 +203,7 @@ class MqttClient:
         self._tokens: dict[int, Any] = {}
         self._pending: deque[tuple[str, bytes, int, bool, Any]] = deque()
         self._inflight = 0
+        self._hold = False  # set while reconnecting: new publishes wait in _pending
         self._subs: dict[str, tuple[int, list[Handler]]] = {}
         self._match_cache: dict[str, list[Handler]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -276,8 +288,16 @@ class MqttClient:
             self._paho.subscribe(subs)
         self._connected.set()
 
+    def _release_held(self) -> None:
+        with self._lock:
+            self._hold = False
+            while self._pending and self._inflight < self.max_inflight:
+                self._send(*self._pending.popleft())
+
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
+        with self._lock:
+            self._hold = self._ever_connected
         self._connected.clear()
         self._last_error = str(reason)
         if not self._closing:
@@ -301,7 +321,7 @@ class MqttClient:
             self.stats["published"] += 1
             return True
         with self._lock:
-            if self._inflight < self.max_inflight and not self._pending:
+            if self._inflight < self.max_inflight and not self._pending and not self._hold:
                 self._send(topic, data, qos, retain, token)
             else:
                 if self.max_queued and len(self._pending) >= self.max_queued:
@@ -333,7 +353,7 @@ class MqttClient:
                     self.on_delivered(token)
                 except Exception:
                     log.exception("on_delivered callback failed", broker=self.url)
-            while self._pending and self._inflight < self.max_inflight:
+            while self._pending and self._inflight < self.max_inflight and not self._hold:
                 self._send(*self._pending.popleft())
 
     @property
