@@ -87,11 +87,11 @@ def up(
         state = _start_with_progress(sup, quiet)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-    if not quiet:
-        _print_state_table(state, _fetch_status(h, state))
-        console.print(f"[green]Running.[/] Logs in {h.root / 'logs'}. Press Ctrl-C to stop "
-                      f"(or `edgecloud down --home {h.root}`).")
-    try:
+    try:  # Ctrl-C anywhere from here on stops everything cleanly
+        if not quiet:
+            _print_state_table(state, _fetch_status(h, state))
+            console.print(f"[green]Running.[/] Logs in {h.root / 'logs'}. Press Ctrl-C to "
+                          f"stop (or `edgecloud down --home {h.root}`).")
         sup.watch()
     except KeyboardInterrupt:
         pass
