@@ -6,10 +6,8 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,43 +16,22 @@ import psutil
 import pytest
 
 from edgecloud.application import topics
-from edgecloud.config import Home
 from edgecloud.resource.mqtt import MqttClient
-from edgecloud.resource.state import RunState, load_run_state
+from edgecloud.resource.state import RunState
+from tests.support import cli, embedded_run, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 APPS = Path(__file__).parent / "apps"
 
 
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([sys.executable, "-m", "edgecloud.cli.main", *args],
-                       capture_output=True, text=True, timeout=180,
-                       env={**os.environ, "COLUMNS": "200"})
-    if check and r.returncode != 0:
-        raise AssertionError(f"edgecloud {' '.join(args)} failed: {r.stdout}\n{r.stderr}")
-    return r
 
 
-def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunState]:
-    home = tmp_path_factory.mktemp("home")
-    cli("up", str(ROOT / "examples/infra/local.yaml"), "--home", str(home), "--detach",
-        "--heartbeat", "1")
-    try:
-        yield load_run_state(Home(home))
-    finally:
-        cli("down", "--home", str(home), check=False)
+    with embedded_run(tmp_path_factory.mktemp("home")) as state:
+        yield state
 
 
 def app_status(run: RunState, name: str) -> dict[str, Any]:

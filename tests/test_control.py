@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from edgecloud.application.policy import BasicPolicy
-from edgecloud.config import Home
-from edgecloud.resource.state import RunState, load_run_state
-from tests.test_apps import cli, metric
+from edgecloud.resource.state import RunState
+from tests.support import cli, embedded_run
+from tests.test_apps import metric
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,13 +29,8 @@ def test_basic_policy_thresholds() -> None:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunState]:
-    home = tmp_path_factory.mktemp("home")
-    cli("up", str(ROOT / "examples/infra/local.yaml"), "--home", str(home), "--detach",
-        "--heartbeat", "1")
-    try:
-        yield load_run_state(Home(home))
-    finally:
-        cli("down", "--home", str(home), check=False)
+    with embedded_run(tmp_path_factory.mktemp("home")) as state:
+        yield state
 
 
 def test_reports_decisions_and_aggregation(run: RunState) -> None:

@@ -14,9 +14,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,38 +24,20 @@ from edgecloud.resource.files import FileClient
 from edgecloud.resource.mqtt import Message, MqttClient
 from edgecloud.resource.state import RunState, load_run_state
 from edgecloud.resource.wan import LinkClient
+from tests.support import cli, embedded_run, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "examples/infra/local.yaml"
 
 
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([sys.executable, "-m", "edgecloud.cli.main", *args],
-                       capture_output=True, text=True, timeout=180,
-                       env={**os.environ, "COLUMNS": "200"})
-    if check and r.returncode != 0:
-        raise AssertionError(f"edgecloud {' '.join(args)} failed: {r.stdout}\n{r.stderr}")
-    return r
 
 
-def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunState]:
-    home = tmp_path_factory.mktemp("home")
-    cli("up", str(INFRA), "--home", str(home), "--detach", "--heartbeat", "1")
-    try:
-        yield load_run_state(Home(home))
-    finally:
-        cli("down", "--home", str(home), check=False)
+    with embedded_run(tmp_path_factory.mktemp("home")) as state:
+        yield state
 
 
 def link(run: RunState, site: str) -> LinkClient:
