@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,15 +29,36 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return r
 
 
-def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
     """Poll `pred` until it returns something truthy (returned) or fail after `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = pred()
         if value:
             return value
-        time.sleep(0.2)
+        time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def eventually(cond: Callable[[], bool], timeout: float = 10.0, every: float = 0.01) -> bool:
+    """Poll `cond` until true or `timeout`; returns its last value (for `assert`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(every)
+    return cond()
+
+
+def collector() -> tuple[list[Any], Callable[[Any], None]]:
+    """A thread-safe list and a message handler appending to it."""
+    got: list[Any] = []
+    lock = threading.Lock()
+
+    def handler(m: Any) -> None:
+        with lock:
+            got.append(m)
+    return got, handler
 
 
 @contextmanager

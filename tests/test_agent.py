@@ -10,10 +10,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -28,20 +27,13 @@ from edgecloud.resource.protocol import (
     SiteEndpoints,
 )
 from edgecloud.service import Endpoint
+from tests.support import wait_for
 
 INFRA_FILE = Path(__file__).resolve().parents[1] / "examples" / "infra" / "local.yaml"
 HB = 0.3
 ADMIN = "admin-token-for-agent-tests-0123456789"
 
 
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class PlatformProc:
@@ -119,30 +111,30 @@ def test_agent_joins_crashes_and_comes_back(plat: PlatformProc, tmp_path: Path,
     agents.append(spawn_agent(plat, "ec-1", "ec-1-rpi1", state, log, plat.token("ec-1"),
                               "--labels", "camera=true", "--labels", "zone=a",
                               "--resources", "cpu=4,memory=4Gi,gpu=0", "--speed", "0.25"))
-    wait_until(lambda: plat.state("ec-1", "ec-1-rpi1") == "Ready", 15, "node Ready")
+    wait_for(lambda: plat.state("ec-1", "ec-1-rpi1") == "Ready", 15, "node Ready")
     with plat.admin() as c:
         node = c.node("ec-1", "ec-1-rpi1")
     assert node.labels == {"camera": "true", "zone": "a"} and node.speed == 0.25
     assert node.resources.memory == 4 << 30 and node.metrics["memory_total"] > 0
     assert stat.S_IMODE((state / "node.json").stat().st_mode) == 0o600
-    wait_until(lambda: (state / "assignment.json").exists(), 5, "assignment saved")
+    wait_for(lambda: (state / "assignment.json").exists(), 5, "assignment saved")
 
     with plat.admin() as c:  # a new assignment reaches the agent's disk promptly
         c.request("PUT", "/nodes/ec-1/ec-1-rpi1/assignment", "assign",
                   json={"instances": [{"name": "cam-0"}]})
-    saved = wait_until(lambda: _saved_revision(state) >= 1 and _saved(state), 3, "assignment")
+    saved = wait_for(lambda: _saved_revision(state) >= 1 and _saved(state), 3, "assignment")
     assert saved.instances == [{"name": "cam-0"}]
 
     os.killpg(agents[0].pid, signal.SIGKILL)
     agents[0].wait(5)
     t0 = time.monotonic()
-    wait_until(lambda: plat.state("ec-1", "ec-1-rpi1") == "NotReady", 3 * HB + 1.5,
+    wait_for(lambda: plat.state("ec-1", "ec-1-rpi1") == "NotReady", 3 * HB + 1.5,
                "NotReady after the agent died")
     assert time.monotonic() - t0 >= 2 * HB
 
     # Restarted with the same state dir and no join token: the saved node token is used.
     agents.append(spawn_agent(plat, "ec-1", "ec-1-rpi1", state, log))
-    wait_until(lambda: plat.state("ec-1", "ec-1-rpi1") == "Ready", 15, "Ready after restart")
+    wait_for(lambda: plat.state("ec-1", "ec-1-rpi1") == "Ready", 15, "Ready after restart")
     text = log.read_text()
     assert "using saved node token" in text and "last assignment from disk" in text
 
@@ -163,12 +155,12 @@ def test_platform_restart_agent_reconnects(plat: PlatformProc, tmp_path: Path,
     log = tmp_path / "agent.log"
     agents.append(spawn_agent(plat, "ec-1", "ec-1-pc", tmp_path / "state", log,
                               plat.token("ec-1")))
-    wait_until(lambda: plat.state("ec-1", "ec-1-pc") == "Ready", 15, "node Ready")
+    wait_for(lambda: plat.state("ec-1", "ec-1-pc") == "Ready", 15, "node Ready")
     time.sleep(0.5)  # let the agent's long-poll be in flight while the platform stops
     t0 = time.monotonic()
     assert plat.stop() == 0
     assert time.monotonic() - t0 < 4, "platform shutdown was held up by a long-poll"
-    wait_until(lambda: "platform unreachable" in log.read_text(), 5, "agent notices")
+    wait_for(lambda: "platform unreachable" in log.read_text(), 5, "agent notices")
     time.sleep(0.5)
     assert agents[0].poll() is None, "the agent must keep running without the platform"
     restarted = datetime.now(UTC)
@@ -178,16 +170,16 @@ def test_platform_restart_agent_reconnects(plat: PlatformProc, tmp_path: Path,
             n = c.node("ec-1", "ec-1-pc")
             return n.state == "Ready" and n.last_heartbeat is not None \
                 and n.last_heartbeat > restarted
-        wait_until(fresh_beat, 15, "heartbeats after the platform restart")
+        wait_for(fresh_beat, 15, "heartbeats after the platform restart")
     assert agents[0].poll() is None
-    wait_until(lambda: "platform reachable again" in log.read_text(), 5, "reconnect logged")
+    wait_for(lambda: "platform reachable again" in log.read_text(), 5, "reconnect logged")
 
 
 def test_removed_node_agent_exits(plat: PlatformProc, tmp_path: Path,
                                   agents: list[subprocess.Popen[bytes]]) -> None:
     state, log = tmp_path / "state", tmp_path / "agent.log"
     agents.append(spawn_agent(plat, "ec-2", "ec-2-rpi1", state, log, plat.token("ec-2")))
-    wait_until(lambda: plat.state("ec-2", "ec-2-rpi1") == "Ready", 15, "node Ready")
+    wait_for(lambda: plat.state("ec-2", "ec-2-rpi1") == "Ready", 15, "node Ready")
     with plat.admin() as c:
         c.delete_node("ec-2", "ec-2-rpi1")
     assert agents[0].wait(10) == 1
@@ -218,7 +210,7 @@ def test_in_process_agent_hook_and_offline_start(plat: PlatformProc, tmp_path: P
     t = threading.Thread(target=run_agent, args=(cfg, stop, seen.append))
     t.start()
     # Unreachable platform: the last assignment from disk is delivered anyway.
-    wait_until(lambda: seen, 3, "assignment from disk")
+    wait_for(lambda: seen, 3, "assignment from disk")
     assert seen[0].revision == 7
     stop.set()
     t.join(5)
@@ -239,11 +231,11 @@ def test_in_process_agent_hook_and_offline_start(plat: PlatformProc, tmp_path: P
     t.start()
     try:
         # The platform's revision (0) differs from the stale one on disk: it wins.
-        wait_until(lambda: any(a.revision == 0 for a in seen), 5, "platform assignment")
+        wait_for(lambda: any(a.revision == 0 for a in seen), 5, "platform assignment")
         with plat.admin() as c:
             c.request("PUT", "/nodes/cloud/cc-1/assignment", "assign",
                       json={"instances": [{"name": "y"}]})
-        wait_until(lambda: seen[-1].revision == 1, 3, "hook on new assignment")
+        wait_for(lambda: seen[-1].revision == 1, 3, "hook on new assignment")
         assert seen[-1].instances == [{"name": "y"}] and _saved(state).revision == 1
     finally:
         stop.set()

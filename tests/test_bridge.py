@@ -8,9 +8,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from edgecloud.resource.bridge import BridgeConfig, route
 from edgecloud.resource.broker import BrokerConfig, mosquitto_path
 from edgecloud.resource.mqtt import Message, MqttClient
 from edgecloud.service import Endpoint
+from tests.support import collector, eventually
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -98,23 +98,8 @@ class Topology:
             b.stop()
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
-def collector() -> tuple[list[Message], Callable[[Message], None]]:
-    got: list[Message] = []
-    lock = threading.Lock()
-
-    def handler(m: Message) -> None:
-        with lock:
-            got.append(m)
-    return got, handler
 
 
 def bridges_ready(topo: Topology) -> None:
@@ -134,7 +119,7 @@ def bridge_ready(topo: Topology, site: str) -> None:
         edge.publish(f"sites/cloud/probe/{site}", "up", qos=0)
         cloud.publish(f"sites/{site}/probe", "down", qos=0)
         return bool(probe_up[0]) and bool(probe_down[0])
-    assert wait_for(ping, 20), f"bridge of {site} did not come up"
+    assert eventually(ping, 20), f"bridge of {site} did not come up"
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +151,7 @@ def test_edge_to_cloud_cloud_to_edge_edge_to_edge(topo: Topology) -> None:
     ec1.publish("sites/cloud/t/up", {"n": 1, "blob": b"\x01\x02"})
     cloud.publish("sites/ec-1/t/down", {"n": 2})
     ec1.publish("sites/ec-2/t/side", {"n": 3})
-    assert wait_for(lambda: len(at_cloud[0]) == 1 and len(at_ec1[0]) == 1
+    assert eventually(lambda: len(at_cloud[0]) == 1 and len(at_ec1[0]) == 1
                     and len(at_ec2[0]) == 1)
     up, down, side = at_cloud[0][0], at_ec1[0][0], at_ec2[0][0]
     assert (up.topic, up.body, up.src) == ("sites/cloud/t/up", {"n": 1, "blob": b"\x01\x02"},
@@ -184,7 +169,7 @@ def test_local_topics_stay_local(topo: Topology) -> None:
     ec1.publish("local/sensor", 1)
     ec1.publish("sites/ec-1/own", 2)     # for this site: never leaves it
     ec1.publish("sites/cloud/marker", 3)  # does leave: proves the bridge was working
-    assert wait_for(lambda: any(m.topic == "sites/cloud/marker" for m in at_cloud[0]))
+    assert eventually(lambda: any(m.topic == "sites/cloud/marker" for m in at_cloud[0]))
     time.sleep(0.5)
     cloud_topics = {m.topic for m in at_cloud[0]}
     assert "local/sensor" not in cloud_topics and "sites/ec-1/own" not in cloud_topics
@@ -215,14 +200,14 @@ def test_bridge_sigkill_mid_stream_loses_nothing(topo: Topology) -> None:
     for i in range(n):
         pub.publish(f"sites/cloud/kill/{i % topics}", {"i": i, "pad": b"k" * 200})
         if i == 300:
-            assert wait_for(lambda: len(got) > 100)  # mid-stream: the bridge is busy
+            assert eventually(lambda: len(got) > 100)  # mid-stream: the bridge is busy
             br.kill()
         if i == 600:
             br.start()
         if i % 50 == 0:
             time.sleep(0.02)
     assert pub.flush(20)
-    wait_for(lambda: len(got) >= n, 40)
+    eventually(lambda: len(got) >= n, 40)
     time.sleep(0.5)
     check_all_in_order(got, n, topics)
 
@@ -249,7 +234,7 @@ def test_cloud_broker_restart_loses_nothing(tmp_path: Path) -> None:
             if i % 20 == 0:
                 time.sleep(0.01)
         assert pub.flush(20)
-        assert wait_for(lambda: len(got) >= n, 40), f"only {len(got)} of {n} arrived"
+        assert eventually(lambda: len(got) >= n, 40), f"only {len(got)} of {n} arrived"
         time.sleep(0.5)
         check_all_in_order(got, n, topics)
     finally:

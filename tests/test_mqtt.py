@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from edgecloud.resource.broker import BrokerConfig, mosquitto_path
 from edgecloud.resource.codec import PayloadError, decode, encode, encode_json
 from edgecloud.resource.mqtt import Message, MqttClient
 from edgecloud.service import Endpoint
+from tests.support import collector, eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -121,23 +121,8 @@ def clients(broker: BrokerProc) -> Iterator[Callable[..., MqttClient]]:
         c.close(flush_timeout=0)
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
 
 
-def collector() -> tuple[list[Message], Callable[[Message], None]]:
-    got: list[Message] = []
-    lock = threading.Lock()
-
-    def handler(m: Message) -> None:
-        with lock:
-            got.append(m)
-    return got, handler
 
 
 def subscribed(c: MqttClient) -> None:
@@ -154,7 +139,7 @@ def test_publish_subscribe(clients: Callable[..., MqttClient]) -> None:
     for i in range(200):
         assert pub.publish("t/ps", {"i": i, "blob": b"\x00" * 100})
     assert pub.flush(10)
-    assert wait_for(lambda: len(got) == 200)
+    assert eventually(lambda: len(got) == 200)
     assert [m.body["i"] for m in got] == list(range(200))  # order kept
     m = got[0]
     assert m.topic == "t/ps" and m.src == "pub-1" and m.qos == 1 and m.id and m.ts > 0
@@ -172,8 +157,8 @@ def test_wildcard_handlers(clients: Callable[..., MqttClient]) -> None:
     c.publish("w/b/temp", 2)
     c.publish("w/b/hum", 3)
     c.publish("other/x", 4)
-    assert wait_for(lambda: len(hash_[0]) == 3)
-    assert wait_for(lambda: len(plus[0]) == 2)
+    assert eventually(lambda: len(hash_[0]) == 3)
+    assert eventually(lambda: len(plus[0]) == 2)
     time.sleep(0.2)
     assert sorted(m.body for m in plus[0]) == [1, 2]
     assert sorted(m.body for m in hash_[0]) == [1, 2, 3]
@@ -181,7 +166,7 @@ def test_wildcard_handlers(clients: Callable[..., MqttClient]) -> None:
     c.unsubscribe("w/#")
     time.sleep(0.2)
     c.publish("w/a/temp", 5)
-    assert wait_for(lambda: len(exact[0]) == 2)
+    assert eventually(lambda: len(exact[0]) == 2)
     time.sleep(0.2)
     assert len(hash_[0]) == 3
 
@@ -201,7 +186,7 @@ def test_malformed_and_failing_handlers_are_not_fatal(clients: Callable[..., Mqt
     pub.publish("m/x", "explode")
     pub.publish_raw("m/x", b'{"plain": "json"}')
     pub.publish("m/x", "after")
-    assert wait_for(lambda: len(got) == 3)
+    assert eventually(lambda: len(got) == 3)
     assert [m.body for m in got] == ["explode", {"plain": "json"}, "after"]
     assert got[1].id == ""
     assert sub.stats["malformed"] == 1 and sub.stats["handler_errors"] == 1
@@ -216,7 +201,7 @@ def test_duplicate_ids_dropped(clients: Callable[..., MqttClient]) -> None:
     for _ in range(3):
         pub.publish_raw("d/x", data)
     pub.publish("d/x", "next")
-    assert wait_for(lambda: len(got) == 2)
+    assert eventually(lambda: len(got) == 2)
     time.sleep(0.2)
     assert [m.body for m in got] == [{"once": True}, "next"]
     assert sub.stats["duplicates_dropped"] == 2
@@ -250,15 +235,15 @@ def test_reconnect_after_broker_restart_resubscribes(tmp_path: Path) -> None:
         sub.subscribe("r/#", h)
         subscribed(sub)
         pub.publish("r/1", "before")
-        assert wait_for(lambda: len(got) == 1)
+        assert eventually(lambda: len(got) == 1)
         b.stop()
-        assert wait_for(lambda: not sub.connected, 5)
+        assert eventually(lambda: not sub.connected, 5)
         b.start()
         assert sub.wait_connected(10) and pub.wait_connected(10)
         time.sleep(0.3)  # the re-SUBSCRIBE is sent on connect; let it land
         pub.publish("r/2", "after")
         assert pub.flush(10)
-        assert wait_for(lambda: len(got) == 2)
+        assert eventually(lambda: len(got) == 2)
         assert [m.body for m in got] == ["before", "after"]
         assert sub.stats["reconnects"] >= 1
         sub.close()
