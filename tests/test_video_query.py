@@ -34,7 +34,7 @@ def test_short_run_stores_results_for_every_mode(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = tmp_path / "eoc.bin"
     EdgeClassifier(EdgeNet(), "car").save(model)
-    settings = vq.Settings(cameras=2, run_s=8.0, drain_s=20.0, home=tmp_path / "home")
+    settings = vq.Settings(cameras=2, run_s=8.0, drain_s=45.0, home=tmp_path / "home")
     console = Console(width=160)
     with vq.infrastructure(settings, console) as state, tempfile.TemporaryDirectory() as tmp:
         cloud = FileClient(state.cloud.files.url("http"), "cloud")

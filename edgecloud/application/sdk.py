@@ -257,8 +257,10 @@ class Component:
             self.log.info("terminated by the in-app controller")
             self.stop()
         elif op == "set":
-            self.params.update(args)
+            # The policy first: a message handled in between must not see new params
+            # (e.g. a new run) with the old policy (e.g. the old mode).
             self.policy.policy.on_params(args)
+            self.params.update(args)
         elif op == "filter":
             self._set_filter(args)
         else:
