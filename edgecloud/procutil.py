@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -14,10 +15,32 @@ from pydantic import BaseModel
 
 from edgecloud.errors import UserError
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free right now on `host` (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A TCP port free right now on `host`, for a service that binds it a moment later.
+
+    Chosen below the kernel's ephemeral range: a port the OS hands out for bind(0) or for
+    outgoing connections could be taken by any connection on the machine before the
+    service binds it; ports below that range are only ever taken by explicit binds.
+    """
+    high = min(_ephemeral_low(), 65536)
+    for _ in range(200):
+        port = random.randrange(max(1024, high - 12000), high)
+        # Several ports are often chosen before any is bound (a whole layout): never
+        # hand the same one out twice from this process.
+        if port not in _handed_out and not port_in_use(host, port):
+            _handed_out.add(port)
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # crowded: let the OS pick
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
