@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import socketserver
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -14,10 +16,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner, Result
 
+from edgecloud.cli.link_cmd import app as link_app
+from edgecloud.config import Home
 from edgecloud.procutil import free_port, spawn_service, stop_process, wait_port
+from edgecloud.resource.state import RunState, SiteRuntime
 from edgecloud.resource.wan import LinkClient, LinkSettings, Route, WanConfig
 from edgecloud.service import Endpoint
+from tests.support import eventually
 
 
 class _Echo(socketserver.BaseRequestHandler):
@@ -50,6 +57,8 @@ class Proxy:
     echo: int  # route port, initiator edge
     sink: int  # route port, initiator edge
     sink_from_cloud: int  # route port, initiator cloud
+    sink_b: int  # a second edge route to the sink: shares the site's link
+    dead: int  # route whose target does not listen
     config: WanConfig
     tmp: Path
     proc: object = None
@@ -64,6 +73,8 @@ def _spawn(cfg: WanConfig, tmp: Path) -> object:
     wait_port(cfg.control.host, cfg.control.port, 20, proc, "wan", tmp / "wan.log")
     for r in cfg.routes:
         wait_port(r.listen.host, r.listen.port, 20, proc, "wan")
+    # wait_port's probes open connections through the proxy; let them close
+    assert eventually(lambda: LinkClient(cfg.control.url("http")).status().connections == 0)
     return proc
 
 
@@ -76,11 +87,15 @@ def proxy(tmp_path: Path) -> Iterator[Proxy]:
               Route(name="sink", listen=Endpoint(port=free_port()), target=Endpoint(port=sink),
                     initiator="edge"),
               Route(name="sink-in", listen=Endpoint(port=free_port()),
-                    target=Endpoint(port=sink), initiator="cloud")]
+                    target=Endpoint(port=sink), initiator="cloud"),
+              Route(name="sink-b", listen=Endpoint(port=free_port()), target=Endpoint(port=sink),
+                    initiator="edge"),
+              Route(name="dead", listen=Endpoint(port=free_port()),
+                    target=Endpoint(port=free_port()), initiator="edge")]
     cfg = WanConfig(site="ec-1", control=Endpoint(port=free_port()), routes=routes,
                     link=LinkSettings(), state_file=tmp_path / "wan.json")
-    p = Proxy(LinkClient(cfg.control.url("http"), "ec-1"), routes[0].listen.port,
-              routes[1].listen.port, routes[2].listen.port, cfg, tmp_path)
+    p = Proxy(LinkClient(cfg.control.url("http"), "ec-1"), *(r.listen.port for r in routes),
+              config=cfg, tmp=tmp_path)
     p.proc = _spawn(cfg, tmp_path)
     yield p
     stop_process(p.proc)  # type: ignore[arg-type]
@@ -185,3 +200,121 @@ def test_control_api_rejects_bad_values(proxy: Proxy) -> None:
     url = proxy.config.control.url("http") + "/link"
     for bad in ({"loss": 1.5}, {"up_bps": -1}, {"delay_s": -0.1}, {"colour": "red"}):
         assert httpx.patch(url, json=bad).status_code == 422, bad
+
+
+def sha_answer(data: bytes) -> str:
+    return f"{hashlib.sha256(data).hexdigest()} {len(data)}"
+
+
+def test_one_stream_with_delay_keeps_the_rate(proxy: Proxy) -> None:
+    # The proxy terminates TCP on both sides, so the bytes in flight inside the emulated
+    # link (rate x delay) must not throttle a single stream.
+    rate, delay = 20e6, 0.05
+    proxy.control.update(up_bps=rate, delay_s=delay)
+    data = os.urandom(5_000_000)  # 2 s at 20 Mbit/s
+    answer, elapsed = send_all(proxy.sink, data)
+    assert answer == sha_answer(data)
+    serialising = len(data) * 8 / rate
+    assert elapsed >= serialising, elapsed
+    achieved = serialising / (elapsed - 2 * delay)  # the round trip to set up is not rate
+    assert achieved >= 0.95, (elapsed, achieved)
+
+
+def test_routes_and_connections_share_one_link(proxy: Proxy) -> None:
+    proxy.control.update(up_bps=4e6)
+    data = [os.urandom(500_000), os.urandom(500_000)]
+    answers: dict[int, tuple[str, float]] = {}
+    threads = [threading.Thread(target=lambda i=i, port=port: answers.update(
+        {i: send_all(port, data[i])})) for i, port in enumerate((proxy.sink, proxy.sink_b))]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    elapsed = time.monotonic() - t0
+    assert [answers[i][0] for i in (0, 1)] == [sha_answer(d) for d in data]
+    assert elapsed >= 1.95, elapsed  # 8 Mbit in total at 4 Mbit/s, not 1 s each in parallel
+    # fair interleaving: neither connection finishes long before the other
+    assert abs(answers[0][1] - answers[1][1]) < 0.5, answers
+
+
+def test_jitter_and_loss_keep_bytes_in_order(proxy: Proxy) -> None:
+    proxy.control.update(up_bps=20e6, delay_s=0.01, jitter_s=0.01)
+    data = os.urandom(1_000_000)
+    assert send_all(proxy.sink, data)[0] == sha_answer(data)
+    proxy.control.update(jitter_s=0.0, loss=0.3)
+    # a lost chunk arrives one RTO (>= 200 ms) late: some round trips show it
+    rtts = rtt(proxy.echo, 10)
+    assert max(rtts) >= 0.2 and min(rtts) < 0.2, rtts
+    assert send_all(proxy.sink, data)[0] == sha_answer(data)
+
+
+def test_vanishing_clients_and_dead_targets_leave_nothing_behind(proxy: Proxy) -> None:
+    proxy.control.update(delay_s=0.02)
+    for _ in range(3):  # client resets the connection while bytes are in flight
+        s = socket.create_connection(("127.0.0.1", proxy.echo))
+        s.sendall(os.urandom(200_000))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+        s.close()
+    assert eventually(lambda: proxy.control.status().connections == 0, timeout=5)
+    # a target that does not listen: the client's connection is closed, not left hanging
+    with socket.create_connection(("127.0.0.1", proxy.dead), timeout=5) as s:
+        assert s.recv(10) == b""
+    log = (proxy.tmp / "wan.log").read_text()
+    assert "target unreachable" in log and "route=dead" in log
+    assert "Traceback" not in log and "ERROR" not in log
+
+
+def _run_state(proxy: Proxy, home: Path) -> None:
+    """A state.json as `edgecloud up` writes it, with ec-1's link on the test proxy."""
+    RunState(infra="t", infra_file=home / "infra.yaml", home=home, supervisor_pid=os.getpid(),
+             broker_kind="amqtt", platform=Endpoint(port=free_port()),
+             sites=[SiteRuntime(name="cloud", kind="cloud", broker=Endpoint(port=1),
+                                files=Endpoint(port=2)),
+                    SiteRuntime(name="ec-1", kind="edge", broker=Endpoint(port=3),
+                                files=Endpoint(port=4), wan_control=proxy.config.control)]
+             ).save(Home(home))
+
+
+def test_link_cli_set_and_show(proxy: Proxy, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    _run_state(proxy, home)
+    runner = CliRunner()
+
+    def link(*args: str) -> Result:
+        return runner.invoke(link_app, [*args, "--home", str(home)])
+
+    r = link("set", "ec-1", "--up", "10mbit", "--down", "2MB/s", "--delay", "20ms",
+             "--jitter", "5ms", "--loss", "1%", "--partition")
+    assert r.exit_code == 0, r.output
+    assert "10mbit" in r.output and "16mbit" in r.output and "yes" in r.output
+    s = proxy.control.status().settings
+    assert (s.up_bps, s.down_bps, s.delay_s, s.jitter_s, s.loss, s.partitioned) == (
+        10e6, 16e6, 0.02, 0.005, 0.01, True)
+    assert link("set", "ec-1", "--heal", "--loss", "0.02").exit_code == 0
+    send_all(proxy.sink, b"y" * 10_000)
+
+    r = link("show", "--json")
+    assert r.exit_code == 0, r.output
+    sites = json.loads(r.output)["sites"]
+    assert [x["site"] for x in sites] == ["ec-1"]
+    assert sites[0]["settings"] == {"up_bps": 10e6, "down_bps": 16e6, "delay_s": 0.02,
+                                    "jitter_s": 0.005, "loss": 0.02, "partitioned": False}
+    assert sites[0]["bytes_up"] >= 10_000 and "bytes_down" in sites[0]
+    r = link("show")
+    assert r.exit_code == 0 and "ec-1" in r.output and "10mbit" in r.output, r.output
+
+    for args, words in ((("set", "cloud", "--up", "1mbit"), ("cloud", "ec-1")),
+                        (("set", "ec-9", "--up", "1mbit"), ("ec-9", "ec-1")),
+                        (("set", "ec-1", "--loss", "1.5"), ("--loss", "[0, 1)")),
+                        (("set", "ec-1", "--delay", "fast"), ("--delay",)),
+                        (("set", "ec-1", "--partition", "--heal"), ("exclude",)),
+                        (("set", "ec-1"), ("nothing to change",))):
+        r = link(*args)
+        assert r.exit_code == 2, (args, r.output)
+        assert all(w in r.output for w in words), (args, r.output)
+
+    stop_process(proxy.proc)  # type: ignore[arg-type]
+    r = link("show")
+    assert r.exit_code == 1 and "not reachable" in r.output, r.output

@@ -5,9 +5,18 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
-from edgecloud.cli.common import HomeOption, JsonFlag, console, home_of, print_json, user_errors
+from edgecloud.cli.common import (
+    HomeOption,
+    JsonFlag,
+    console,
+    err_console,
+    home_of,
+    print_json,
+    user_errors,
+)
 from edgecloud.errors import UserError
 from edgecloud.resource.state import RunState, load_run_state
 from edgecloud.resource.wan import LinkClient, LinkStatus
@@ -17,11 +26,16 @@ app = typer.Typer(no_args_is_help=True)
 
 
 def _client(state: RunState, site: str) -> LinkClient:
-    s = state.site(site)
+    """The control client of `site`'s link, or a UserError naming the sites that have one."""
+    edges = ", ".join(x.name for x in state.sites if x.wan_control) or "none"
+    s = next((x for x in state.sites if x.name == site), None)
+    if s is None:
+        raise UserError(f"no site {site!r} in the running infrastructure {state.infra!r}; "
+                        f"edge sites with WAN links: {edges}")
     if s.wan_control is None:
-        edges = ", ".join(x.name for x in state.sites if x.wan_control) or "none"
-        raise UserError(f"site {site!r} has no WAN link of its own (it is the {s.kind}); "
-                        f"edge sites with links: {edges}")
+        raise UserError(f"site {site!r} is the {s.kind} site and has no WAN link of its own "
+                        f"(each edge site's link joins it to the cloud); edge sites with WAN "
+                        f"links: {edges}")
     return LinkClient(s.wan_control.url("http"), site)
 
 
@@ -80,21 +94,33 @@ def set_link(
 def show(home: HomeOption = None, as_json: JsonFlag = False) -> None:
     """Settings of every edge site's link and the bytes sent up and down since start."""
     state = load_run_state(home_of(home))
-    statuses = [_client(state, s.name).status() for s in state.sites if s.wan_control]
+    statuses: list[LinkStatus] = []
+    failed: list[str] = []
+    for site in state.sites:
+        if site.wan_control is None:
+            continue
+        try:
+            statuses.append(_client(state, site.name).status())
+        except UserError as exc:  # one dead proxy must not hide the other links
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            failed.append(site.name)
     if as_json:
         print_json({"sites": [{"site": s.site, **s.model_dump(exclude={"site"})}
                               for s in statuses]})
     else:
         _print(statuses)
+    if failed:
+        raise typer.Exit(1)
 
 
 def _print(statuses: list[LinkStatus]) -> None:
-    table = Table("site", "up", "down", "delay", "jitter", "loss", "state", "bytes up",
-                  "bytes down")
+    # simple box, no edge padding: fits an 80-column terminal with "unlimited" rates
+    table = Table("site", "up", "down", "delay", "jitter", "loss", "partition", "bytes up",
+                  "bytes down", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
     for st in statuses:
         s = st.settings
         table.add_row(st.site, format_rate(s.up_bps), format_rate(s.down_bps),
-                      f"{s.delay_s * 1000:g}ms", f"{s.jitter_s * 1000:g}ms", f"{s.loss:g}",
-                      "[red]partitioned[/]" if s.partitioned else "[green]up[/]",
+                      f"{s.delay_s * 1000:g}ms", f"{s.jitter_s * 1000:g}ms", f"{s.loss * 100:g}%",
+                      "[red]yes[/]" if s.partitioned else "[green]no[/]",
                       format_bytes(st.bytes_up), format_bytes(st.bytes_down))
     console.print(table)
