@@ -20,6 +20,7 @@ from typer.testing import CliRunner, Result
 
 from edgecloud.cli.link_cmd import app as link_app
 from edgecloud.config import Home
+from edgecloud.errors import UserError
 from edgecloud.procutil import free_port, spawn_service, stop_process, wait_port
 from edgecloud.resource.state import RunState, SiteRuntime
 from edgecloud.resource.wan import LinkClient, LinkSettings, Route, WanConfig
@@ -115,6 +116,11 @@ def send_all(port: int, data: bytes) -> tuple[str, float]:
     return answer.decode(), time.monotonic() - t0
 
 
+def sha_answer(data: bytes) -> str:
+    """What the sink answers for `data`."""
+    return f"{hashlib.sha256(data).hexdigest()} {len(data)}"
+
+
 def rtt(port: int, n: int = 5) -> list[float]:
     out = []
     with socket.create_connection(("127.0.0.1", port)) as s:
@@ -161,17 +167,26 @@ def test_delay_and_jitter_show_in_round_trips(proxy: Proxy) -> None:
 
 
 def test_partition_holds_bytes_and_heal_delivers_them(proxy: Proxy) -> None:
-    proxy.control.update(partitioned=True)
-    before = proxy.control.status().bytes_up  # wait_port's probes crossed the link already
-    data = os.urandom(300_000)
+    proxy.control.update(up_bps=4e6)
+    old, new = os.urandom(1_000_000), os.urandom(300_000)  # old: 2 s at 4 Mbit/s
     result: dict[str, str] = {}
-    t = threading.Thread(target=lambda: result.update(a=send_all(proxy.sink, data)[0]))
-    t.start()
-    time.sleep(1.5)
-    assert t.is_alive() and proxy.control.status().bytes_up == before
+    t_old = threading.Thread(target=lambda: result.update(old=send_all(proxy.sink, old)[0]))
+    t_old.start()  # a connection open before the cut, cut in the middle of its transfer
+    time.sleep(0.5)
+    proxy.control.update(partitioned=True)
+    t_new = threading.Thread(target=lambda: result.update(new=send_all(proxy.sink, new)[0]))
+    t_new.start()  # a connection accepted during the cut
+    time.sleep(0.2)  # chunks already on the wire may still leave the serialiser
+    during = proxy.control.status()
+    time.sleep(1.2)
+    after = proxy.control.status()
+    assert t_old.is_alive() and t_new.is_alive()
+    assert after.bytes_up == during.bytes_up
+    assert after.bytes_down == during.bytes_down and after.connections == 2
     proxy.control.update(partitioned=False)
-    t.join(10)
-    assert result["a"] == f"{hashlib.sha256(data).hexdigest()} {len(data)}"
+    t_old.join(10)
+    t_new.join(10)
+    assert result == {"old": sha_answer(old), "new": sha_answer(new)}
 
 
 def test_live_rate_change_applies_to_open_connection(proxy: Proxy) -> None:
@@ -198,12 +213,19 @@ def test_settings_and_counters_survive_restart(proxy: Proxy) -> None:
 
 def test_control_api_rejects_bad_values(proxy: Proxy) -> None:
     url = proxy.config.control.url("http") + "/link"
-    for bad in ({"loss": 1.5}, {"up_bps": -1}, {"delay_s": -0.1}, {"colour": "red"}):
-        assert httpx.patch(url, json=bad).status_code == 422, bad
-
-
-def sha_answer(data: bytes) -> str:
-    return f"{hashlib.sha256(data).hexdigest()} {len(data)}"
+    for bad in ({"loss": 1.5}, {"up_bps": -1}, {"down_bps": 0}, {"delay_s": -0.1},
+                {"jitter_s": "lots"}, {"partitioned": None}, {"colour": "red"}):
+        r = httpx.patch(url, json=bad)
+        assert r.status_code == 422, bad
+        [(field, _)] = bad.items()
+        assert [e["loc"][-1] for e in r.json()["detail"]] == [field], r.json()
+    assert httpx.patch(url, json={"up_bps": 1e6}).json()["settings"]["up_bps"] == 1e6
+    assert httpx.patch(url, json={"up_bps": None}).json()["settings"]["up_bps"] is None
+    with pytest.raises(UserError, match=r"ec-1 rejected the change: loss: .*less than 1"):
+        proxy.control.update(loss=1.0)
+    assert proxy.control.status().settings == LinkSettings(), "a rejected change changes nothing"
+    with pytest.raises(UserError, match="WAN emulation of site ec-9 is not reachable"):
+        LinkClient(f"http://127.0.0.1:{free_port()}", "ec-9").status()
 
 
 def test_one_stream_with_delay_keeps_the_rate(proxy: Proxy) -> None:

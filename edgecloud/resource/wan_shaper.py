@@ -18,7 +18,6 @@ RTO when the chunk is "lost") later, never before the chunk ahead of it. So:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections import deque
@@ -249,8 +248,19 @@ async def relay(link: Link, up_to_target: bool, c_reader: asyncio.StreamReader,
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for w in (c_writer, t_writer):
-            w.close()
-        for w in (c_writer, t_writer):
-            with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
-                await w.wait_closed()
+        await _close(c_writer, t_writer)
+
+
+async def _close(*writers: asyncio.StreamWriter, grace_s: float = 2.0) -> None:
+    """Close sockets, flushing what is buffered; abort those whose peer will not take it
+    (a peer that stopped reading must not keep the proxy from shutting down)."""
+    for w in writers:
+        w.close()
+    waits = [asyncio.ensure_future(w.wait_closed()) for w in writers]
+    _, pending = await asyncio.wait(waits, timeout=grace_s)
+    for w, fut in zip(writers, waits, strict=True):
+        if fut in pending:
+            fut.cancel()
+            w.transport.abort()
+        elif not fut.cancelled():
+            fut.exception()  # a reset during close is ordinary; mark it retrieved
