@@ -1,8 +1,14 @@
-"""`edgecloud files put | get | ls`: objects in the sites' file stores."""
+"""`edgecloud files put | get | ls | rm`: objects in the sites' file stores.
+
+Every command talks to one site's file server, found in the run's state.json (default:
+the cloud site). `get` fetches through that server, so an object of another site crosses
+the WAN (and lands in that server's cache) exactly as it would for a component.
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -27,7 +33,7 @@ def _client(state: RunState, site: str | None) -> FileClient:
 
 
 def _parse_ref(text: str, state: RunState) -> FileRef:
-    """`site:key` (looked up at its site) or a FileRef as JSON."""
+    """`site:key` (size and sha256 looked up at that site) or a FileRef as JSON."""
     text = text.strip()
     if text.startswith("{"):
         try:
@@ -80,7 +86,22 @@ def ls(site: SiteOption = None, prefix: Annotated[str, typer.Option(help="Key pr
     if as_json:
         print_json([o.model_dump() for o in objects])
         return
-    table = Table("key", "size", "sha256")
+    if not objects:
+        console.print(f"no objects{f' under {prefix!r}' if prefix else ''}")
+        return
+    table = Table("key", "size", "sha256", "modified")
     for o in objects:
-        table.add_row(o.key, format_bytes(o.size), o.sha256[:16] + "…")
+        table.add_row(o.key, format_bytes(o.size), o.sha256[:16] + "…",
+                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(o.modified)))
     console.print(table)
+
+
+@app.command("rm")
+@user_errors
+def rm(key: Annotated[str, typer.Argument(help="Object key")], site: SiteOption = None,
+       home: HomeOption = None) -> None:
+    """Delete an object stored at a site (cached copies elsewhere stay until evicted)."""
+    client = _client(load_run_state(home_of(home)), site)
+    if not client.delete(key):
+        raise UserError(f"no object {key!r} at site {client.site}")
+    console.print(f"deleted {client.site}:{key}")

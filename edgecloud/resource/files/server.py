@@ -194,8 +194,11 @@ class FileServer:
 
     def _flight_done(self, sha256: str, task: asyncio.Task[Path]) -> None:
         self._flights.pop(sha256, None)
-        if not task.cancelled() and task.exception() is not None:  # marks it retrieved
+        exc = None if task.cancelled() else task.exception()  # marks it retrieved
+        if exc is not None:
             self.stats["fetch_failures"] += 1
+            log.warning("fetch failed", sha256=sha256[:16],
+                        error=getattr(exc, "detail", None) or repr(exc))
 
     async def _remote_stat(self, base: str, site: str, key: str) -> ObjectInfo:
         url = f"{base}/stat/{quote(key, safe='/')}"
