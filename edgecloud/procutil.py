@@ -127,6 +127,25 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int | 
         return proc.wait(5)
 
 
+def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:
+    """SIGTERM every process group at once, wait up to `timeout` in all, then SIGKILL."""
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(5)
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

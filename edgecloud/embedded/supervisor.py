@@ -28,7 +28,13 @@ from edgecloud.config import Home
 from edgecloud.embedded.layout import Layout, plan_layout
 from edgecloud.errors import UserError
 from edgecloud.log import get_logger
-from edgecloud.procutil import port_in_use, spawn_command, spawn_service, stop_process, wait_port
+from edgecloud.procutil import (
+    port_in_use,
+    spawn_command,
+    spawn_service,
+    stop_processes,
+    wait_port,
+)
 from edgecloud.resource.infra import Infrastructure
 from edgecloud.resource.state import RunState, ServiceRuntime, SiteRuntime
 from edgecloud.service import Endpoint
@@ -315,11 +321,15 @@ class Supervisor:
                 self._run_state(self.layout).save(self.home)
 
     def stop(self, progress: Progress = lambda _: None) -> None:
-        """Stop services in reverse order of start (agents first, platform last)."""
+        """Stop the agents (and with them their instances) first, then every service;
+        each phase signals all its processes at once and waits at most 10 s."""
         self.stopping.set()
-        for svc in reversed(self.services):
-            if svc.proc is not None and svc.proc.poll() is None:
-                progress(f"stopping {svc.name}")
-                stop_process(svc.proc, timeout=10)
+        agents = [s for s in self.services if s.name.startswith("agent-")]
+        others = [s for s in self.services if not s.name.startswith("agent-")]
+        for phase, group in (("agents", agents), ("services", others)):
+            running = [s.proc for s in group if s.proc is not None and s.proc.poll() is None]
+            if running:
+                progress(f"stopping {len(running)} {phase}")
+                stop_processes(running, timeout=10)
         self.home.state_file.unlink(missing_ok=True)
         self.release_home()
