@@ -165,14 +165,15 @@ class Site:
 
 
 def start_sites(root: Path, stores: dict[str, DirStoreConfig | S3StoreConfig],
-                extra_peers: dict[str, str] | None = None) -> dict[str, Site]:
+                extra_peers: dict[str, str] | None = None,
+                cache_max_bytes: int | None = None) -> dict[str, Site]:
     """File servers for `stores`' sites, each a peer of all others; started in parallel."""
     ports = {s: free_port() for s in stores}
     urls = {s: f"http://127.0.0.1:{p}" for s, p in ports.items()}
     procs = {}
     for name, store in stores.items():
         cfg = FileServerConfig(site=name, listen=Endpoint(port=ports[name]), store=store,
-                               cache_dir=root / name / "cache",
+                               cache_dir=root / name / "cache", cache_max_bytes=cache_max_bytes,
                                peers={**{s: u for s, u in urls.items() if s != name},
                                       **(extra_peers or {})})
         procs[name] = (spawn_service(f"files-{name}", "edgecloud.resource.files.server", cfg,
@@ -200,7 +201,7 @@ def sites(tmp_path_factory: pytest.TempPathFactory, nanio: str) -> Iterator[dict
 
 def test_fetch_through_caches_so_the_origin_is_needed_once(tmp_path: Path) -> None:
     pair = start_sites(tmp_path, {n: DirStoreConfig(path=tmp_path / n / "objects")
-                                  for n in ("origin", "here")})
+                                  for n in ("origin", "here")}, cache_max_bytes=3_000_000)
     try:
         data = os.urandom(2_000_000)
         ref = pair["origin"].client.put(data, key="models/eoc.bin")
@@ -208,13 +209,21 @@ def test_fetch_through_caches_so_the_origin_is_needed_once(tmp_path: Path) -> No
                               sha256=hashlib.sha256(data).hexdigest())
         assert pair["here"].client.get(ref) == data
         assert pair["here"].stats()["remote_fetches"] == 1
+        # A bounded cache evicts the least recently used object, never the one just used.
+        small = pair["origin"].client.put(os.urandom(1_500_000))
+        assert pair["here"].client.get(small) and pair["here"].stats()["cache_evictions"] == 1
+        assert pair["here"].client.get(ref) == data  # evicted: fetched again
+        assert pair["here"].stats()["remote_fetches"] == 3
         other = pair["origin"].client.put(b"never fetched")
         stop_process(pair["origin"].proc)
         assert pair["here"].client.get(ref) == data  # from the cache, origin is down
         assert pair["here"].stats()["cache_hits"] == 1
+        assert sum(p.stat().st_size for p in pair["here"].cache.iterdir() if p.is_file()) \
+            <= 3_000_000
         with pytest.raises(UserError, match="answered 504.*origin.*unreachable"):
             pair["here"].client.get(other)
-        assert sorted(p.name for p in pair["here"].cache.iterdir()) == [".tmp", ref.sha256]
+        assert ref.sha256 in [p.name for p in pair["here"].cache.iterdir()]
+        assert list((pair["here"].cache / ".tmp").iterdir()) == []
     finally:
         for s in pair.values():
             stop_process(s.proc)

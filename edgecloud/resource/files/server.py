@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
 import shutil
 import signal
+import time
+import uuid
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -69,6 +72,8 @@ class FileServerConfig(BaseModel):
     cache_dir: Path
     peers: dict[str, str] = {}
     """Site name -> base URL of that site's file server as reachable from here."""
+    cache_max_bytes: int | None = None
+    """Evict least recently used cached objects above this total (None: keep all)."""
 
 
 class _BigChunkFileResponse(FileResponse):
@@ -90,17 +95,18 @@ class FileServer:
         # final step is a hard link, not a copy.
         self.put_tmp = (self.store.tmp_dir if isinstance(self.store, DirectoryStore)
                         else self.cache_dir / ".uploads")
+        shutil.rmtree(self.cache_tmp, ignore_errors=True)  # leftovers of a crash
         for d in (self.cache_tmp, self.put_tmp):
-            shutil.rmtree(d, ignore_errors=True)  # leftovers of a crash
             d.mkdir(parents=True, exist_ok=True)
+        _remove_stale(self.put_tmp)
         self._flights: dict[str, asyncio.Task[Path]] = {}
-        self._seq = 0
         self.stats = {"puts": 0, "gets": 0, "remote_fetches": 0, "fetch_joins": 0,
-                      "cache_hits": 0, "fetch_failures": 0, "remote_bytes": 0}
+                      "cache_hits": 0, "fetch_failures": 0, "remote_bytes": 0,
+                      "cache_evictions": 0}
 
-    def _tmp(self, d: Path) -> Path:
-        self._seq += 1
-        return d / f"{self._seq}-{id(self):x}"
+    @staticmethod
+    def _tmp(d: Path) -> Path:
+        return d / uuid.uuid4().hex
 
     def _no_object(self, key: str) -> HTTPException:
         return HTTPException(404, f"no object {key!r} at site {self.site}")
@@ -176,8 +182,11 @@ class FileServer:
         cached = self.cache_dir / sha256
         if cached.is_file():
             self.stats["cache_hits"] += 1
+            os.utime(cached)  # mtime = last use, for LRU eviction
         else:
             await self._single_flight(base, site, key, sha256, size, cached)
+            if self.config.cache_max_bytes is not None:
+                await asyncio.to_thread(self._evict, self.config.cache_max_bytes, cached)
         return _BigChunkFileResponse(cached, headers={SHA_HEADER: sha256}, media_type=OCTETS)
 
     async def _single_flight(self, base: str, site: str, key: str, sha256: str,
@@ -199,6 +208,29 @@ class FileServer:
             self.stats["fetch_failures"] += 1
             log.warning("fetch failed", sha256=sha256[:16],
                         error=getattr(exc, "detail", None) or repr(exc))
+
+    def _evict(self, limit: int, keep: Path) -> None:
+        """Delete least recently used cache entries until the cache holds <= `limit` bytes.
+
+        An entry being served stays readable: the open file outlives its unlinking.
+        """
+        entries = []
+        for p in self.cache_dir.iterdir():
+            try:
+                if p.is_file():
+                    st = p.stat()
+                    entries.append((st.st_mtime, st.st_size, p))
+            except FileNotFoundError:
+                continue
+        total = sum(size for _, size, _ in entries)
+        for _, size, path in sorted(entries):
+            if total <= limit:
+                break
+            if path != keep:
+                path.unlink(missing_ok=True)
+                total -= size
+                self.stats["cache_evictions"] += 1
+                log.info("evicted", sha256=path.name[:16], size=size)
 
     async def _remote_stat(self, base: str, site: str, key: str) -> ObjectInfo:
         url = f"{base}/stat/{quote(key, safe='/')}"
@@ -306,6 +338,17 @@ class FileServer:
             return await self.serve_site(site, key_ok(key), sha256, size)
 
         return app
+
+
+def _remove_stale(d: Path, age: float = 3600.0) -> None:
+    """Remove temp files a crashed server left (old enough not to be a live upload)."""
+    now = time.time()
+    for p in d.iterdir():
+        try:
+            if now - p.stat().st_mtime > age:
+                p.unlink()
+        except OSError:
+            continue
 
 
 def _unreachable(site: str, base: str, exc: Exception, received: int = 0) -> HTTPException:
