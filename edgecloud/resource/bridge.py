@@ -10,14 +10,22 @@ Routing (site S):
   takes it down from the cloud.
 
 Delivery (QoS 1, at least once, order kept per topic):
-1. Both subscriptions use persistent sessions (clean_session=False, stable client ids), so
-   a source broker keeps what is published while the bridge is away.
+1. Both subscriptions use persistent sessions (clean_session=False, stable client ids
+   `ecbridge-<site>-edge` / `-cloud`), so a source broker keeps what is published while the
+   bridge is away.
 2. Received messages are acknowledged manually, and only AFTER their batch is committed
    to the outbox (`edgecloud.resource.outbox`, SQLite WAL). Until then the source broker
    still owns them and redelivers them if the bridge dies.
-3. Committed rows are forwarded in outbox order through a large in-flight window; the
-   target's acknowledgements move a delivery mark, committed with the next batch. At
-   (re)start, everything after the mark is sent again.
+3. Committed rows are forwarded in outbox order through a large in-flight window, by a
+   separate publisher client per target broker (`ecbridge-<site>-edge-pub` / `-cloud-pub`,
+   clean sessions); the target's acknowledgements move a delivery mark, committed with
+   the next batch. The bridge alone retransmits: its publishers forget what is
+   unacknowledged when their connection drops (`MqttClient(retransmit=False)`), and after
+   every (re)connect of a publisher, and at (re)start, every row after the mark is sent
+   again in seq order before any newer row. (Letting paho retransmit its in-flight
+   messages lost the order: a reconnect during a WAN partition raced new publishes, and a
+   broker that takes over a persistent session with two live connections - the old
+   one's bytes are still held in the WAN - mixes their streams.)
 4. Duplicates are dropped at ingress by envelope id (source brokers redeliver what the
    bridge committed but had not acknowledged when it crashed).
 
@@ -84,19 +92,27 @@ class Bridge:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(config.data_dir / "outbox.db")
         keepalive = max(1, round(config.keepalive_s))
-        common: dict[str, Any] = dict(clean_session=False, src=f"bridge-{self.site}",
-                                      keepalive=keepalive, max_inflight=WINDOW,
-                                      manual_ack=True, dedup=False,
-                                      on_delivered=self._on_delivered)
-        self.edge = MqttClient(config.local.url("mqtt"), f"ecbridge-{self.site}-edge", **common)
-        self.cloud = MqttClient(config.cloud.url("mqtt"), f"ecbridge-{self.site}-cloud",
-                                **common)
+        src = f"bridge-{self.site}"
+        urls = {"edge": config.local.url("mqtt"), "cloud": config.cloud.url("mqtt")}
+        # Subscribers (persistent sessions, manual acks) and publishers (clean sessions; the
+        # bridge, not paho, resends what a dropped connection left unacknowledged).
+        subs = {side: MqttClient(url, f"ecbridge-{self.site}-{side}", clean_session=False,
+                                 src=src, keepalive=keepalive, manual_ack=True, dedup=False)
+                for side, url in urls.items()}
+        pubs = {side: MqttClient(url, f"ecbridge-{self.site}-{side}-pub", src=src,
+                                 keepalive=keepalive, max_inflight=WINDOW, dedup=False,
+                                 on_delivered=self._on_delivered, retransmit=False,
+                                 on_reconnect=lambda d=d: self._on_reconnect(d))
+                for side, url, d in (("edge", urls["edge"], "down"),
+                                     ("cloud", urls["cloud"], "up"))}
+        self.edge, self.cloud = subs["edge"], subs["cloud"]
         self.source = {"up": self.edge, "down": self.cloud}
-        self.target = {"up": self.cloud, "down": self.edge}
+        self.target = {"up": pubs["cloud"], "down": pubs["edge"]}
         # Ingress: filled by the two network threads, drained by the pump (run()).
         self._ingress: deque[tuple[str, Message]] = deque()
         self._delivered: deque[tuple[str, int]] = deque()
         self._wake = threading.Event()
+        self._resync: dict[str, bool] = {d: False for d in DIRECTIONS}  # target reconnected
         # Per direction: seqs handed to the target in order, acks not yet contiguous,
         # highest seq handed to the target client.
         self._inflight: dict[str, deque[int]] = {d: deque() for d in DIRECTIONS}
@@ -124,6 +140,10 @@ class Bridge:
         self._delivered.append(token)
         self._wake.set()
 
+    def _on_reconnect(self, direction: str) -> None:
+        self._resync[direction] = True
+        self._wake.set()
+
     # -- the pump ----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         """Connect, forward until `stop` is set, then shut down cleanly."""
@@ -133,8 +153,8 @@ class Bridge:
                  resend_down=backlog["down"])
         self.edge.subscribe("sites/+/#", self._on_edge_message, qos=1)
         self.cloud.subscribe(f"sites/{self.site}/#", self._on_cloud_message, qos=1)
-        self.edge.start()
-        self.cloud.start()
+        for client in self._clients():
+            client.start()
         next_log = time.monotonic() + LOG_EVERY_S
         next_prune = time.monotonic() + PRUNE_EVERY_S
         try:
@@ -156,12 +176,31 @@ class Bridge:
         # Several rounds while the ingress keeps filling: batches grow under load, and a
         # lone message is committed at once.
         for _ in range(100):
+            self._resync_targets()
             batch = self._take_batch()
             acks = self._take_acks()
             if not batch and not acks and not self._refill_needed():
                 return
             self._commit_and_forward(batch)
             self._refill()
+
+    def _clients(self) -> list[MqttClient]:
+        return [self.edge, self.cloud, self.target["down"], self.target["up"]]
+
+    def _resync_targets(self) -> None:
+        """After a target publisher (re)connected: send every row after the delivery mark
+        again, in seq order, before any newer row (`_refill` does, from the outbox)."""
+        for d in DIRECTIONS:
+            if not self._resync[d]:
+                continue
+            self._resync[d] = False
+            self._take_acks()  # acknowledgements from the old connection
+            self._inflight[d].clear()
+            self._acked[d].clear()
+            self._handed[d] = self._new_marks[d]
+            self.target[d].resume()  # False if it dropped again: another resync follows
+            log.info("target connected, resending", site=self.site, direction=d,
+                     rows=self.outbox.last_seq[d] - self._handed[d])
 
     def _take_batch(self) -> list[tuple[str, Message]]:
         ingress, batch = self._ingress, []
@@ -221,7 +260,7 @@ class Bridge:
             self.stats["duplicates_dropped"] += 1
         for d, start in first.items():
             target = self.target[d]
-            if backlog[d] or target.outstanding >= HANDOFF_MAX:
+            if backlog[d] or not target.accepting or target.outstanding >= HANDOFF_MAX:
                 continue  # older rows still wait in the outbox; _refill keeps the order
             inflight = self._inflight[d]
             for i, (topic, payload, retain, _) in enumerate(rows[d]):
@@ -231,14 +270,14 @@ class Bridge:
             self._handed[d] = start + len(rows[d]) - 1
 
     def _refill_needed(self) -> bool:
-        return any(self._handed[d] < self.outbox.last_seq[d]
+        return any(self._handed[d] < self.outbox.last_seq[d] and self.target[d].accepting
                    and self.target[d].outstanding < HANDOFF_MAX // 2 for d in DIRECTIONS)
 
     def _refill(self) -> None:
         """Hand rows waiting in the outbox (restart, long outage) to the target, in order."""
         for d in DIRECTIONS:
             target = self.target[d]
-            while self._handed[d] < self.outbox.last_seq[d]:
+            while self._handed[d] < self.outbox.last_seq[d] and target.accepting:
                 room = HANDOFF_MAX - target.outstanding
                 if room < HANDOFF_MAX // 2:
                     break
@@ -256,21 +295,22 @@ class Bridge:
         log.info("progress", site=self.site, up_in=s["up_in"], up_out=s["up_out"],
                  down_in=s["down_in"], down_out=s["down_out"],
                  outbox_up=self.outbox.depth("up"), outbox_down=self.outbox.depth("down"),
-                 duplicates=s["duplicates_dropped"], edge="up" if self.edge.connected else "down",
-                 cloud="up" if self.cloud.connected else "down")
+                 duplicates=s["duplicates_dropped"],
+                 edge="up" if self.edge.connected and self.target["down"].connected else "down",
+                 cloud="up" if self.cloud.connected and self.target["up"].connected else "down")
 
     def _shutdown(self) -> None:
         # Give in-flight publishes a moment so the marks advance; what is still
         # unacknowledged is resent at the next start.
-        for client in (self.cloud, self.edge):
+        for client in (self.target["up"], self.target["down"]):
             if client.connected:
                 client.flush(2.0)
         self._take_acks()
         self._commit_and_forward([])
         self._log_progress()
         # Unacknowledged ingress (not committed) stays with the source brokers.
-        self.edge.close(flush_timeout=0)
-        self.cloud.close(flush_timeout=0)
+        for client in self._clients():
+            client.close(flush_timeout=0)
         self.outbox.close()
         log.info("bridge stopped", site=self.site)
 

@@ -18,8 +18,9 @@ What it adds to paho:
   queue on every PUBACK (quadratic under load), so paho runs unlimited and this wrapper
   holds back what exceeds `max_inflight`;
 - for the bridge: manual acknowledgement of received messages (`manual_ack=True`,
-  `ack(message)`) and a delivery callback (`on_delivered(token)`) fired when the broker
-  acknowledges a publish.
+  `ack(message)`), a delivery callback (`on_delivered(token)`) fired when the broker
+  acknowledges a publish, and `retransmit=False`: the owner, not paho, resends what was
+  unacknowledged when a connection dropped (see `MqttClient.__init__`).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class _Paho(paho.Client):
         self._rbuf_sock: Any = None
         self._wake_pending = False
         self.after_connack: Callable[[], None] | None = None
+        self.before_reconnect: Callable[[], None] | None = None
 
     def _handle_connack(self) -> MQTTErrorCode:
         # paho marks the connection up *before* on_connect and retransmits unacknowledged
@@ -88,6 +90,13 @@ class _Paho(paho.Client):
         if self.after_connack is not None:
             self.after_connack()
         return rc
+
+    def reconnect(self) -> MQTTErrorCode:
+        # Runs on every (re)connection attempt, before paho resets its in-flight messages
+        # for retransmission and before the new CONNECT.
+        if self.before_reconnect is not None:
+            self.before_reconnect()
+        return super().reconnect()
 
     def _packet_queue(self, command: int, packet: bytes | bytearray, mid: int, qos: int,
                       info: Any = None) -> MQTTErrorCode:
@@ -157,7 +166,8 @@ class MqttClient:
     def __init__(self, url: str, client_id: str | None = None, *, clean_session: bool = True,
                  src: str = "", keepalive: int = 30, max_inflight: int = 1000,
                  max_queued: int = 0, manual_ack: bool = False, dedup: bool = True,
-                 on_delivered: Callable[[Any], None] | None = None) -> None:
+                 on_delivered: Callable[[Any], None] | None = None, retransmit: bool = True,
+                 on_reconnect: Callable[[], None] | None = None) -> None:
         """Create a client (not yet connected; call `connect`).
 
         clean_session=False needs a stable `client_id`: the broker then keeps the
@@ -168,6 +178,16 @@ class MqttClient:
         dedup: drop received messages whose envelope id was seen recently.
         on_delivered: called with the `token` of a publish when the broker acknowledged it
             (QoS>0), from the network thread; keep it short.
+        retransmit: True (default): QoS>0 publishes unacknowledged when the connection drops
+            are sent again (DUP) after the reconnect, before anything newer. False: the owner
+            resends, and nothing older than the new connection can overtake its resends:
+            when the connection drops, every unacknowledged publish (in flight or waiting)
+            is forgotten (never sent again, `on_delivered` never fires for it) and later
+            publishes are dropped (`publish_raw` returns False, counted in
+            stats["dropped_offline"]) until the owner calls `resume()`; so are publishes
+            before the first connection. `on_reconnect()` is called (network thread; keep
+            it short) once each connection is up; the owner then calls `resume()` and
+            publishes again, oldest first, what it still needs.
         """
         if not clean_session and not client_id:
             raise ValueError("clean_session=False needs a stable client_id")
@@ -181,9 +201,12 @@ class MqttClient:
         self.manual_ack = manual_ack
         self.dedup = dedup
         self.on_delivered = on_delivered
+        self.retransmit = retransmit
+        self.on_reconnect = on_reconnect
         self.stats: dict[str, int] = {
             "received": 0, "published": 0, "malformed": 0, "handler_errors": 0,
-            "duplicates_dropped": 0, "queue_full": 0, "reconnects": 0,
+            "duplicates_dropped": 0, "queue_full": 0, "reconnects": 0, "forgotten": 0,
+            "dropped_offline": 0,
         }
         self._paho = _Paho(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                  clean_session=clean_session, protocol=paho.MQTTv311,
@@ -192,7 +215,8 @@ class MqttClient:
         self._paho.max_queued_messages_set(0)
         self._paho.reconnect_delay_set(min_delay=0.1, max_delay=5)  # type: ignore[arg-type]
         self._paho.on_connect = self._on_connect
-        self._paho.after_connack = self._release_held
+        self._paho.after_connack = self._after_connack
+        self._paho.before_reconnect = self._before_reconnect
         self._paho.on_disconnect = self._on_disconnect
         self._paho.on_message = self._on_message
         self._paho.on_publish = self._on_publish
@@ -204,6 +228,10 @@ class MqttClient:
         self._pending: deque[tuple[str, bytes, int, bool, Any]] = deque()
         self._inflight = 0
         self._hold = False  # set while reconnecting: new publishes wait in _pending
+        # retransmit=False: set when a connection drops, cleared by resume(); while set,
+        # publishes are dropped. _up: a CONNACK was handled and no drop seen since.
+        self._blocked = not retransmit  # until resume() after the first on_reconnect
+        self._up = False
         self._subs: dict[str, tuple[int, list[Handler]]] = {}
         self._match_cache: dict[str, list[Handler]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -288,16 +316,58 @@ class MqttClient:
             self._paho.subscribe(subs)
         self._connected.set()
 
-    def _release_held(self) -> None:
+    def _after_connack(self) -> None:
+        # paho has handled a CONNACK: it sent on_connect, then its retransmissions.
+        if self.retransmit:
+            with self._lock:
+                self._hold = False
+                while self._pending and self._inflight < self.max_inflight:
+                    self._send(*self._pending.popleft())
+            return
         with self._lock:
-            self._hold = False
-            while self._pending and self._inflight < self.max_inflight:
-                self._send(*self._pending.popleft())
+            self._up = self._connected.is_set()
+        if self._up and self.on_reconnect is not None:
+            try:
+                self.on_reconnect()
+            except Exception:
+                log.exception("on_reconnect callback failed", broker=self.url)
+
+    def _forget_unacked(self) -> None:
+        """retransmit=False, connection gone: drop every unacknowledged publish, block new
+        ones until resume(). Also clears paho's copies so it cannot retransmit them."""
+        with self._lock:
+            self._blocked = True
+            self._up = False
+            p = self._paho
+            forgotten = len(self._tokens) + len(self._pending)
+            p._out_messages.clear()  # noqa: SLF001
+            p._inflight_messages = 0  # noqa: SLF001
+            self._tokens.clear()
+            self._pending.clear()
+            self._inflight = 0
+            self.stats["forgotten"] += forgotten
+
+    def _before_reconnect(self) -> None:
+        if not self.retransmit:
+            self._forget_unacked()
+
+    def resume(self) -> bool:
+        """retransmit=False: accept publishes again after `on_reconnect`.
+
+        Returns False (and stays blocked) if the connection dropped again meanwhile; another
+        `on_reconnect` follows the next connection.
+        """
+        with self._lock:
+            if self._up:
+                self._blocked = False
+            return not self._blocked
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
+        if not self.retransmit:
+            self._forget_unacked()
         with self._lock:
-            self._hold = self._ever_connected
+            self._hold = self._ever_connected and self.retransmit
         self._connected.clear()
         self._last_error = str(reason)
         if not self._closing:
@@ -321,6 +391,9 @@ class MqttClient:
             self.stats["published"] += 1
             return True
         with self._lock:
+            if self._blocked:
+                self.stats["dropped_offline"] += 1
+                return False
             if self._inflight < self.max_inflight and not self._pending and not self._hold:
                 self._send(topic, data, qos, retain, token)
             else:
@@ -355,6 +428,11 @@ class MqttClient:
                     log.exception("on_delivered callback failed", broker=self.url)
             while self._pending and self._inflight < self.max_inflight and not self._hold:
                 self._send(*self._pending.popleft())
+
+    @property
+    def accepting(self) -> bool:
+        """False while publishes are dropped (retransmit=False, between a drop and resume)."""
+        return not self._blocked
 
     @property
     def outstanding(self) -> int:
