@@ -264,3 +264,49 @@ def test_broker_busy_port_fails_clearly(tmp_path: Path, kind: str) -> None:
         assert "already in use" in clash.log.read_text()
     finally:
         b.stop()
+
+
+def test_retransmit_false_leaves_resending_to_the_owner(tmp_path: Path) -> None:
+    # The bridge's publishers: what a dropped connection left unacknowledged is forgotten,
+    # publishes are refused until the owner resumes after on_reconnect, and nothing old is
+    # sent again by the client on the new connection.
+    b = BrokerProc(tmp_path, "amqtt", "owner").start()
+    reconnects: list[float] = []
+    delivered: list[int] = []
+    pub = MqttClient(b.url, "owner-pub", retransmit=False,
+                     on_reconnect=lambda: reconnects.append(time.monotonic()),
+                     on_delivered=delivered.append)
+    try:
+        assert not pub.accepting and not pub.publish_raw("o/x", b"early", token=-1)
+        pub.start()
+        assert eventually(lambda: len(reconnects) == 1, 10)
+        assert pub.resume() and pub.accepting
+        for i in range(5):
+            assert pub.publish_raw("o/x", encode(i), token=i)
+        assert pub.flush(10) and delivered == [0, 1, 2, 3, 4]
+        b.stop()
+        for i in range(5, 50):  # in flight when the connection drops, or refused after
+            pub.publish_raw("o/x", encode(i), token=i)
+            time.sleep(0.01)
+        assert eventually(lambda: not pub.connected, 5)
+        assert not pub.accepting and not pub.publish_raw("o/x", encode(-2), token=-2)
+        assert pub.outstanding == 0  # nothing left for paho to retransmit
+        assert pub.stats["forgotten"] + pub.stats["dropped_offline"] >= 46
+        b.start()
+        sub = MqttClient(b.url).connect()
+        got, h = collector()
+        sub.subscribe("o/#", h)
+        subscribed(sub)
+        assert eventually(lambda: len(reconnects) == 2, 15)
+        time.sleep(0.5)
+        assert got == [] and pub.publish_raw("o/x", encode(-3)) is False  # not resumed yet
+        assert pub.resume()
+        assert pub.publish_raw("o/x", encode(100), token=100)
+        assert pub.flush(10)
+        assert eventually(lambda: len(got) == 1)
+        time.sleep(0.3)
+        assert [m.body for m in got] == [100] and delivered == [0, 1, 2, 3, 4, 100]
+        sub.close()
+    finally:
+        pub.close(flush_timeout=0)
+        b.stop()
