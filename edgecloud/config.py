@@ -58,9 +58,17 @@ class Home:
         return self.logs / f"{service}.log"
 
     def write_secret(self, path: Path, text: str) -> None:
-        """Write a secret readable by the owner only (mode 0600 from creation)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(path, 0o600)
+        """Write a secret readable by the owner only (see `write_private`)."""
+        write_private(path, text)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` atomically with `text`, mode 0600 from creation: never a half-written
+    or briefly world-readable secret."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)

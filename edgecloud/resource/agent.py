@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 from pydantic import BaseModel, Field, ValidationError
 
+from edgecloud.config import write_private
 from edgecloud.errors import UserError
 from edgecloud.log import get_logger
 from edgecloud.resource.infra import Resources
@@ -113,16 +114,6 @@ def agent_version() -> str:
         return metadata.version("edgecloud")
     except metadata.PackageNotFoundError:
         return "0+unknown"
-
-
-def _write_private(path: Path, text: str) -> None:
-    # Created 0600 from the start and swapped in atomically: never a half-written token.
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
 
 
 class Agent:
@@ -246,7 +237,7 @@ class Agent:
         creds = NodeCredentials(node_id=resp.node_id, node_token=resp.node_token, site=cfg.site,
                                 name=cfg.name, heartbeat_interval_s=resp.heartbeat_interval_s,
                                 broker=resp.broker, files=resp.files)
-        _write_private(self.token_file, creds.model_dump_json(indent=2))
+        write_private(self.token_file, creds.model_dump_json(indent=2))
         log.info("joined", node=creds.node_id, platform=cfg.platform_url, broker=resp.broker,
                  files=resp.files)
         return creds
@@ -339,7 +330,7 @@ class Agent:
 
     def apply(self, a: Assignment) -> None:
         """Save a new assignment to disk, then hand it to `on_assignment`."""
-        _write_private(self.assignment_file, a.model_dump_json(indent=2))
+        write_private(self.assignment_file, a.model_dump_json(indent=2))
         log.info("assignment", revision=a.revision, instances=len(a.instances))
         self._deliver(a)
 
