@@ -1,0 +1,1 @@
+"""Collaborative training: federated learning and edge data-parallel training."""
