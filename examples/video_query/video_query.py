@@ -3,7 +3,9 @@
 DG streams a camera's clip at its frame rate; OD extracts moving-object crops by
 three-frame differencing every `interval` seconds; EOC (a small edge CNN trained for the
 query) and COC (EfficientNet-Lite0, ImageNet) classify them as the in-app controller's
-policy says (edgecloud.ml.inference.cascade); RS stores every decision in SQLite.
+policy says (edgecloud.ml.inference.cascade: ACE's alpha/beta band by default, or a
+hard-example mining filter from the controller params `hem`, edgecloud.ml.inference.hem);
+RS stores every decision in SQLite.
 Crops also go to the edge site's file store (LAN only) so the evaluation can label every
 crop with COC afterwards, as ACE did.
 """

@@ -9,8 +9,15 @@ shrinks the escalation band when latencies deteriorate.
 Questions components ask (`self.policy.decide(question, value)`):
 - "route" -> "edge" or "cloud": where the detector sends a new crop;
 - "confidence" -> "positive" | "drop" | "escalate" for an edge confidence.
+- "hard" -> bool for any edge output (class scores or detection boxes), answered by the
+  configured hard-example filter (params `hem`, see edgecloud.ml.inference.hem).
 Reports the policy learns from: `values["eil_s"]` (mean EIL over the interval) and
 `values["n"]`, sent by components named in params `edge_component` / `cloud_component`.
+
+With params `hem: {name: cross_entropy, threshold: 0.5}` (any registered filter), the
+filter takes over the forward decision of "confidence": hard -> "escalate" (or "drop" in
+EI), otherwise the edge answers, "positive" when the confidence >= `hem_positive` (0.5)
+and "drop" below. Without `hem` the alpha/beta band decides, as in ACE.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from edgecloud.application.policy import BasicPolicy, Report, Role
+from edgecloud.ml.inference.hem import HardExampleFilter, HemConfigError, make_filter
 
 Mode = Literal["CI", "EI", "ECCI", "ECCI+"]
 MODES: tuple[Mode, ...] = ("CI", "EI", "ECCI", "ECCI+")
@@ -48,9 +56,25 @@ class CascadePolicy(BasicPolicy):
         self.mode: Mode = params.get("mode", "ECCI")
         if self.mode not in MODES:
             raise ValueError(f"unknown cascade mode {self.mode!r}; expected one of {MODES}")
+        self.hem: HardExampleFilter | None = None
+        self.hem_positive = 0.5
+        self._set_hem(params)
+
+    def _set_hem(self, params: dict[str, Any]) -> None:
+        """Configure the hard-example filter from params `hem` (None or {} turns it off)."""
+        if "hem_positive" in params:
+            try:
+                self.hem_positive = float(params["hem_positive"])
+            except (TypeError, ValueError):
+                raise HemConfigError(f"params.hem_positive: expected a number in [0, 1], "
+                                     f"got {params['hem_positive']!r}") from None
+        if "hem" in params:
+            spec = params["hem"]
+            self.hem = make_filter(spec, where="params.hem") if spec else None
 
     def on_params(self, params: dict[str, Any]) -> None:
         super().on_params(params)
+        self._set_hem(params)
         if "mode" in params:
             if params["mode"] not in MODES:
                 raise ValueError(f"unknown cascade mode {params['mode']!r}")
@@ -66,12 +90,30 @@ class CascadePolicy(BasicPolicy):
             if self.mode == "ECCI+":
                 return str(decisions.get("target", "edge"))
             return "edge"
+        if question == "hard":
+            return self._hard(value)
         if question == "confidence":
-            verdict = super().decide(question, value, decisions)
+            if self.hem is None:
+                verdict = super().decide(question, value, decisions)
+            elif self._hard(value):
+                verdict = "escalate"
+            else:
+                verdict = "positive" if float(value) >= self.hem_positive else "drop"
             if verdict == "escalate" and self.mode == "EI":
                 return "drop"  # edge-only: never forwards
             return verdict
         return super().decide(question, value, decisions)
+
+    def _hard(self, output: Any) -> bool:
+        if self.hem is None:
+            raise HemConfigError("params.hem: no hard-example filter configured; set e.g. "
+                                 "hem: {name: cross_entropy, threshold: 0.5}")
+        if self.hem.input_kind == "boxes" and isinstance(output, int | float):
+            raise HemConfigError(
+                f"params.hem.name: filter {self.hem.name!r} judges detection boxes "
+                f"[[x1, y1, x2, y2, score, class], ...], but got {type(output).__name__} "
+                "(a classifier's confidence); use threshold or cross_entropy")
+        return self.hem.is_hard(output)
 
 
 class AdaptiveCascadePolicy(CascadePolicy):
