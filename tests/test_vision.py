@@ -23,6 +23,7 @@ from edgecloud.ml.vision import (
     EdgeNet,
     EfficientNetLite0,
     FrameDifferencer,
+    TrunkNet,
     VideoSource,
     class_name,
     decode_jpeg,
@@ -189,11 +190,12 @@ def test_edge_classifier_save_load_round_trip(tmp_path: Path) -> None:
         EdgeClassifier.load(tmp_path / "bad.safetensors")
 
 
-def test_tiny_training_run() -> None:
+def test_tiny_training_run_from_scratch() -> None:
     crops, labels = _toy_crops(24)
     seen: list[tuple[str, int, int]] = []
     clf, report = train_edge_classifier(
-        crops, labels, epochs=1, progress=lambda *a: seen.append(a), query="car"
+        crops, labels, epochs=1, progress=lambda *a: seen.append(a), query="car",
+        arch="mobilenetv2",
     )
     assert report.n_train + report.n_val == 24 and report.n_val >= 4
     assert report.pos_train + report.pos_val == int(labels.sum())
@@ -203,6 +205,28 @@ def test_tiny_training_run() -> None:
     assert clf.metadata["training"]["n_val"] == report.n_val
     with pytest.raises(ValueError):
         train_edge_classifier(crops, labels[:-1], epochs=1)
+    with pytest.raises(ValueError, match="arch"):
+        train_edge_classifier(crops, labels, arch="resnet")
+
+
+def test_pretrained_trunk_learns_and_round_trips(tmp_path: Path) -> None:
+    """The default EOC (frozen ImageNet trunk + logistic head) separates the toy classes
+    on crops it never saw, and a saved file is self-contained (trunk included)."""
+    crops, labels = _toy_crops(40)
+    seen: list[tuple[str, int, int]] = []
+    clf, report = train_edge_classifier(crops, labels, progress=lambda *a: seen.append(a),
+                                        query="car")
+    assert isinstance(clf.net, TrunkNet) and clf.input_size == 128
+    assert report.accuracy == 1.0 and report.n_val >= 8
+    assert seen[-1] == ("train", 1, 1) and seen[0][0] == "features"
+    fresh, fresh_labels = _toy_crops(12, seed=7)
+    conf = clf.confidence(fresh)
+    assert ((conf > 0.5) == fresh_labels.astype(bool)).all()
+    path = clf.save(tmp_path / "eoc.safetensors")
+    loaded = EdgeClassifier.load(path)
+    assert loaded.describe()["architecture"] == {"name": "lite0-trunk", "blocks": 12,
+                                                 "input_size": 128}
+    np.testing.assert_allclose(loaded.confidence(fresh), conf, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- clips

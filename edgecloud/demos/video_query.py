@@ -121,8 +121,8 @@ def train_edge_model(settings: Settings, console: Console, out: Path) -> dict[st
 
         # Denser than the live detector (smaller area, every 0.1 s) so the historical
         # segment gives the edge model hundreds of examples instead of dozens.
-        crops, labels = build_training_set(["vtest", "bikes"], settings.query,
-                                           CloudClassifier(),
+        coc = CloudClassifier()
+        crops, labels = build_training_set(["vtest", "bikes"], settings.query, coc,
                                            FrameDifferencer(min_area=settings.train_min_area),
                                            interval_s=0.1, progress=step)
         task2 = bar.add_task(f"training the edge classifier ({len(crops)} crops)", total=None)
@@ -134,9 +134,28 @@ def train_edge_model(settings: Settings, console: Console, out: Path) -> dict[st
         model, report = train_edge_classifier(crops, labels, epochs=settings.train_epochs,
                                               progress=step2, query=settings.query)
     model.save(out)
+    result = {**report.as_dict(), "coc_mirror_agreement": coc_label_stability(
+        coc, crops, settings.query)}
     torch.set_num_threads(1)
-    console.print(f"edge classifier: {report.as_dict()}")
-    return report.as_dict()
+    console.print(f"edge classifier: {result}")
+    return result
+
+
+def coc_label_stability(coc: Any, crops: list[Any], query: str, sample: int = 256) -> float:
+    """Share of crops whose COC label survives mirroring the crop.
+
+    F1 is measured against COC's labels, so this bounds how closely *any* other model can
+    match them: where COC itself flips on a mirror image, its label is close to a coin toss.
+    """
+    import numpy as np
+
+    idx = np.random.default_rng(0).permutation(len(crops))[:sample]
+    if len(idx) == 0:
+        return float("nan")
+    chosen = [crops[i] for i in idx]
+    plain = coc.classify(chosen, query)
+    mirrored = coc.classify([c[:, ::-1].copy() for c in chosen], query)
+    return float(np.mean([a == b for a, b in zip(plain, mirrored, strict=True)]))
 
 
 def deploy(state: RunState, settings: Settings, model_ref: dict[str, Any], db: Path,
@@ -363,6 +382,11 @@ def print_table(out: dict[str, Any], console: Console) -> None:
                   "ACE: CI scores 1.0 by construction. Edge nodes' compute is emulated by "
                   "their declared speed factor (EOC inference stretched on the edge server, "
                   "speed 0.5).")
+    stability = out.get("training", {}).get("coc_mirror_agreement")
+    if stability is not None:
+        console.print(f"COC's own label survives mirroring a crop for {100 * stability:.0f}% "
+                      "of the training crops: the ceiling for matching COC's labels at the "
+                      "edge.")
 
 
 def plot(out: dict[str, Any], plots_dir: Path) -> list[Path]:

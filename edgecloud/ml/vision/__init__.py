@@ -13,6 +13,7 @@ from edgecloud.ml.vision.edge_classifier import (
     EdgeClassifier,
     EdgeNet,
     TrainReport,
+    TrunkNet,
     build_training_set,
     train_edge_classifier,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "EfficientNetLite0",
     "FrameDifferencer",
     "TrainReport",
+    "TrunkNet",
     "VideoSource",
     "build_training_set",
     "class_name",
