@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from edgecloud.cli import agent_cmd, app_cmd, demo_cmd, files_cmd, infra_cmd, link_cmd
+from edgecloud.cli import agent_cmd, app_cmd, demo_cmd, files_cmd, infra_cmd, link_cmd, model_cmd
 
 app = typer.Typer(
     name="edgecloud",
@@ -18,6 +18,7 @@ app.add_typer(link_cmd.app, name="link", help="Show and change the emulated WAN 
 app.add_typer(files_cmd.app, name="files", help="Put, get and list objects in site file stores.")
 app.add_typer(app_cmd.app, name="app", help="Validate, plan, deploy and manage applications.")
 app.add_typer(demo_cmd.app, name="demo", help="Run the end-to-end demonstrations.")
+app.add_typer(model_cmd.app, name="model", help="Compress models (quantize, prune, distill, ONNX).")
 
 
 if __name__ == "__main__":
