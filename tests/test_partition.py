@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from edgecloud.ml.inference.profile import (
     CutProfile,
     LinkEstimator,
     Profile,
+    SlowNode,
     choose_cut,
     measure_profile,
 )
@@ -152,12 +154,12 @@ def test_decision_moves_toward_the_edge_as_bandwidth_drops() -> None:
 def test_profile_measures_every_segment_and_round_trips(tmp_path: Path) -> None:
     part = Partition(EarlyExitCNN().trunk, torch.zeros(1, 1, 28, 28)).select(
         ["block1_2", "block2_2"])
-    slept: list[float] = []
+    slept: list[tuple[int, float]] = []
     prof = measure_profile(part, torch.zeros(1, 1, 28, 28), model="small_cnn", repeats=2,
-                           stretch=slept.append)
+                           stretch=lambda i, busy: slept.append((i, busy)))
     assert [c.node for c in prof.cuts] == ["x", "block1_2", "block2_2", "head_3"]
     assert all(c.segment_s > 0 for c in prof.cuts[:-1]) and prof.cuts[-1].segment_s == 0
-    assert len(slept) == 3 * 3  # every segment of every pass (1 warm-up + 2)
+    assert [i for i, _ in slept] == [0, 1, 2] * 3  # every segment of every pass (1 + 2)
     assert prof.head_s(3) == pytest.approx(prof.tail_s(0))
     prof.save(tmp_path / "p.json")
     assert Profile.load(tmp_path / "p.json") == prof
@@ -179,3 +181,18 @@ def test_link_estimator_follows_a_changed_link() -> None:
     assert est.rate_bps == pytest.approx(1e6, rel=0.01)
     est.observe(500, 0.06 + 8 * 500 / 1e6)  # mostly fixed cost -> a base sample
     assert est.base_s == pytest.approx((base + 0.06) / 2, rel=0.01)
+
+
+def test_slow_node_stretches_to_its_fastest_time_over_speed() -> None:
+    node = SlowNode(0.25)
+    t0 = time.perf_counter()
+    node.stretch("seg", 0.01)  # the first sample sets the pace: 0.04 s in all
+    assert time.perf_counter() - t0 == pytest.approx(0.03, abs=0.015)
+    t0 = time.perf_counter()
+    node.stretch("seg", 0.03)  # a slower run (host busy) is not amplified
+    assert time.perf_counter() - t0 == pytest.approx(0.01, abs=0.015)
+    t0 = time.perf_counter()
+    node.stretch("seg", 0.05)  # slower than the emulated time: no sleep at all
+    assert time.perf_counter() - t0 < 0.01
+    with pytest.raises(UserError, match="positive"):
+        SlowNode(0)

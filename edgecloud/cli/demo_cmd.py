@@ -45,3 +45,27 @@ def video_query(
     settings = Settings.quick_settings(**kw) if quick else Settings(
         **{k: v for k, v in kw.items() if v is not None})
     run_demo(settings, console)
+
+
+@app.command("partition")
+@user_errors
+def partition(
+    quick: Annotated[bool, typer.Option("--quick", help="4 WAN rates, 2 rounds (about 2 "
+                                                        "minutes)")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Send the crossing tensor as int8")]
+    = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write results here")]
+    = None,
+    plots: Annotated[Path | None, typer.Option("--plots", help="Write PNG plots here")]
+    = None,
+    home: Annotated[Path | None, typer.Option("--home", help="Keep the run's state here "
+                                                              "(default: a temp dir)")] = None,
+) -> None:
+    """DNN partitioning: EfficientNet-Lite0 split edge/cloud across WAN rates 1-100 Mbit/s."""
+    from edgecloud.demos.partition import Settings, run_demo
+
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    kw = {"int8": int8, "home": home, "json_path": json_path, "plots_dir": plots}
+    settings = Settings.quick_settings(**kw) if quick else Settings(
+        **{k: v for k, v in kw.items() if v is not None})
+    run_demo(settings, console)

@@ -8,8 +8,8 @@ feeds a `LinkEstimator`. Runs are driven through the in-app controller's `set`:
 `{"run": id, "cut": k | "auto", "requests": n}`; every request's record is published on
 the head site's topic `partition/results`.
 
-Compute on a node whose declared `speed` < 1 is stretched (sleep) to emulate a slower
-device; profiles are measured with that stretch, so decisions use measured times.
+Compute on a node whose declared `speed` < 1 is stretched (sleep, `SlowNode`) to emulate
+a slower device; profiles are measured with that stretch, so decisions use measured times.
 """
 
 from __future__ import annotations
@@ -25,7 +25,13 @@ from edgecloud import Component
 from edgecloud.ml.inference.cascade import Ewma
 from edgecloud.ml.inference.partition import decode_tensor, encode_tensor
 from edgecloud.ml.inference.partition_models import named_partition
-from edgecloud.ml.inference.profile import LinkEstimator, Profile, choose_cut, measure_profile
+from edgecloud.ml.inference.profile import (
+    LinkEstimator,
+    Profile,
+    SlowNode,
+    choose_cut,
+    measure_profile,
+)
 from edgecloud.resource.files import FileRef
 
 REPLIES = "partition/replies/{instance}"
@@ -37,30 +43,25 @@ class _Partitioned(Component):
 
     def setup(self) -> None:
         torch.set_num_threads(1)  # one core per instance: the machine runs many of them
+        self.node_emulation = SlowNode(self.context.node_speed)
         self.part, self.example = named_partition(self.params.get("model", "efficientnet_lite0"),
                                                   self.params.get("cuts", "coarse"))
         self.segments = self.part.segments
         self.profile = measure_profile(
             self.part, self.example, model=self.params.get("model", "efficientnet_lite0"),
-            node=self.node, speed=self.context.node_speed, stretch=self.stretch,
+            node=self.node, speed=self.context.node_speed, stretch=self.node_emulation.stretch,
             repeats=int(self.params.get("profile_repeats", 3)))
         self.log.info("profiled", total_s=round(self.profile.tail_s(0), 4),
                       speed=self.context.node_speed)
-
-    def stretch(self, busy_s: float) -> None:
-        """Emulate the node's declared speed: 0.25 makes `busy_s` of compute take 4x."""
-        speed = self.context.node_speed
-        if speed < 1.0:
-            time.sleep(busy_s * (1.0 / speed - 1.0))
 
     def compute(self, x: torch.Tensor, start: int, end: int) -> tuple[torch.Tensor, float]:
         """Run segments start..end-1; returns the tensor and the (stretched) seconds."""
         t0 = time.perf_counter()
         with torch.no_grad():
-            for seg in self.segments[start:end]:
+            for i in range(start, end):
                 s0 = time.perf_counter()
-                x = seg(x)
-                self.stretch(time.perf_counter() - s0)
+                x = self.segments[i](x)
+                self.node_emulation.stretch(i, time.perf_counter() - s0)
         return x, time.perf_counter() - t0
 
 

@@ -31,8 +31,8 @@ from edgecloud.errors import UserError
 from edgecloud.ml.inference.cascade import Ewma
 from edgecloud.ml.inference.partition import Partition
 
-__all__ = ["CutProfile", "LinkEstimator", "Profile", "choose_cut", "expected_latency",
-           "measure_profile"]
+__all__ = ["CutProfile", "LinkEstimator", "Profile", "SlowNode", "choose_cut",
+           "expected_latency", "measure_profile"]
 
 
 class CutProfile(BaseModel):
@@ -79,13 +79,40 @@ class Profile(BaseModel):
             raise UserError(f"profile {path}: not a valid profile: {exc}") from None
 
 
+class SlowNode:
+    """Emulates a node `speed` times as fast as this host by sleeping after compute.
+
+    A segment is stretched to `fastest time seen for it / speed`: the emulated device runs
+    at a steady speed, and a burst of load from other processes on the shared host is
+    not amplified by 1/speed (it only shows when it exceeds the stretched time).
+
+    Example:
+        node = SlowNode(0.1)
+        t0 = time.perf_counter(); y = seg(x); node.stretch(3, time.perf_counter() - t0)
+    """
+
+    def __init__(self, speed: float) -> None:
+        if speed <= 0:
+            raise UserError(f"node speed must be positive, got {speed}")
+        self.speed = speed
+        self._fastest: dict[object, float] = {}
+
+    def stretch(self, key: object, busy_s: float) -> None:
+        """Sleep so that the work `key`, which just took `busy_s`, lasts its emulated time."""
+        if self.speed >= 1.0:
+            return
+        fastest = min(busy_s, self._fastest.get(key, busy_s))
+        self._fastest[key] = fastest
+        time.sleep(max(fastest / self.speed - busy_s, 0.0))
+
+
 def measure_profile(part: Partition, example: torch.Tensor, *, model: str = "",
                     node: str = "", speed: float = 1.0, repeats: int = 5,
-                    stretch: Callable[[float], None] | None = None) -> Profile:
+                    stretch: Callable[[int, float], None] | None = None) -> Profile:
     """Time every segment of `part` (median of `repeats`, after one warm-up run).
 
-    `stretch(busy_s)` is called after each timed segment so an emulated slow node
-    (sleeping in proportion to compute) is measured as it will run.
+    `stretch(segment, busy_s)` is called after each timed segment so an emulated slow
+    node (`SlowNode.stretch`) is measured as it will run.
     """
     segments = part.segments
     times: list[list[float]] = [[] for _ in segments]
@@ -97,7 +124,7 @@ def measure_profile(part: Partition, example: torch.Tensor, *, model: str = "",
                 x = seg(x)
                 busy = time.perf_counter() - t0
                 if stretch is not None:
-                    stretch(busy)
+                    stretch(i, busy)
                 if r:  # the first pass warms caches and allocators
                     times[i].append(time.perf_counter() - t0)
     seg_s = [statistics.median(t) for t in times] + [0.0]
