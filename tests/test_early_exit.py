@@ -11,8 +11,8 @@ from edgecloud.ml.inference.early_exit import (
     EarlyExitCNN,
     entropy,
     exit_decisions,
-    train_early_exit,
     tradeoff,
+    train_early_exit,
 )
 from edgecloud.ml.inference.partition import Partition
 from edgecloud.ml.training.data import DatasetNotFound, ImageSet, load_fashion_mnist

@@ -196,3 +196,13 @@ def test_slow_node_stretches_to_its_fastest_time_over_speed() -> None:
     assert time.perf_counter() - t0 < 0.01
     with pytest.raises(UserError, match="positive"):
         SlowNode(0)
+
+
+def test_link_estimator_ignores_one_delayed_probe_pair() -> None:
+    est = LinkEstimator()
+    n = 250_000
+    good = (64, 0.05, n, 0.05 + 8 * n / 20e6)
+    spiked = (64, 0.45, n, 0.47)  # a heartbeat queued ahead of the small probe
+    est.observe_pairs([good, spiked, good])
+    assert est.rate_bps == pytest.approx(20e6, rel=0.01)
+    assert est.base_s == pytest.approx(0.05, abs=0.005)

@@ -123,16 +123,20 @@ class Head(_Partitioned):
             with self._lock:
                 self._waiting.pop(rid, None)
 
-    def probe(self) -> None:
-        """A small and a large payload back to back: the fixed part and the rate."""
-        rtts = []
-        sizes = (64, self.estimator.probe_bytes())
-        for n in sizes:
-            t0 = time.perf_counter()
-            if self.ask({"kind": "probe", "pad": bytes(n)}, timeout=60) is None:
-                return
-            rtts.append(time.perf_counter() - t0)
-        self.estimator.observe_pair(sizes[0], rtts[0], sizes[1], rtts[1])
+    def probe(self, pairs: int = 3) -> None:
+        """Small and large payloads back to back (`pairs` times): the fixed part and the
+        rate, from medians (the platform's own traffic shares the link)."""
+        samples = []
+        for _ in range(pairs):
+            sizes, rtts = (64, self.estimator.probe_bytes()), []
+            for n in sizes:
+                t0 = time.perf_counter()
+                if self.ask({"kind": "probe", "pad": bytes(n)}, timeout=60) is None:
+                    break
+                rtts.append(time.perf_counter() - t0)
+            if len(rtts) == 2:
+                samples.append((sizes[0], rtts[0], sizes[1], rtts[1]))
+        self.estimator.observe_pairs(samples)
 
     def choose(self) -> int:
         assert self.cloud_profile is not None

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -185,7 +185,7 @@ class LinkEstimator:
     """
 
     def __init__(self, alpha: float = 0.5, rate_bps: float = 10e6, base_s: float = 0.05,
-                 probe_s: float = 0.1) -> None:
+                 probe_s: float = 0.2) -> None:
         self._rate = Ewma(alpha)
         self._base = Ewma(alpha)
         self.default_rate, self.default_base = rate_bps, base_s
@@ -211,16 +211,27 @@ class LinkEstimator:
 
     def probe_bytes(self) -> int:
         """Size of the large probe: about `probe_s` of transfer at the estimated rate, so
-        the rate stands out of the fixed part's noise (32 KiB .. 2 MiB)."""
-        return int(min(max(self.rate_bps / 8 * self.probe_s, 32 << 10), 2 << 20))
+        the rate stands out of the fixed part's noise (32 KiB .. 4 MiB)."""
+        return int(min(max(self.rate_bps / 8 * self.probe_s, 32 << 10), 4 << 20))
 
     def observe_pair(self, small: int, small_rtt: float, large: int, large_rtt: float) -> None:
         """Round trips of a small and a large probe sent back to back."""
+        self.observe_pairs([(small, small_rtt, large, large_rtt)])
+
+    def observe_pairs(self, pairs: Sequence[tuple[int, float, int, float]]) -> None:
+        """Several probe pairs (small, its rtt, large, its rtt): one sample of each
+        quantity from their medians, so one pair delayed by cross traffic (the platform's
+        own heartbeats share the link) does not move the estimate."""
+        if not pairs:
+            return
         self.samples += 1
-        self._base.update(max(small_rtt - 8 * small / self.rate_bps, 0.0))
-        # A pair whose difference drowned in noise (<= 0) says only: the link is fast.
-        extra = max(large_rtt - small_rtt, 0.05 * large_rtt)
-        self._rate_sample(8 * (large - small) / extra)
+        self._base.update(statistics.median(
+            max(srtt - 8 * s / self.rate_bps, 0.0) for s, srtt, _, _ in pairs))
+        # A pair whose difference drowned in noise carries no rate information.
+        rates = [8 * (lg - s) / (lrtt - srtt) for s, srtt, lg, lrtt in pairs
+                 if lrtt - srtt > 0.2 * lrtt]
+        if rates:
+            self._rate_sample(statistics.median(rates))
 
     def observe(self, nbytes: int, rtt_s: float) -> None:
         """A request's round trip that carried `nbytes` edge->cloud and a small reply."""

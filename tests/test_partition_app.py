@@ -1,0 +1,67 @@
+"""The head/tail partitioning app on the embedded infrastructure (a short run).
+
+The small CNN keeps it quick; the demo (`edgecloud demo partition`) runs EfficientNet-Lite0
+across the rate sweep. Real platform, brokers, bridge, WAN proxy and file service.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from edgecloud.demos import partition as demo
+
+
+def test_head_and_tail_on_the_platform(tmp_path: Path) -> None:
+    settings = demo.Settings(home=tmp_path / "home")
+    console = Console(width=160)
+    with demo.infrastructure(settings, console) as state, tempfile.TemporaryDirectory() as tmp:
+        # Tensors over 20 kB go through the file service (block1_0's 50 kB does).
+        client = demo.deploy(state, Path(tmp), {"model": "small_cnn", "cuts": "all",
+                                                "file_threshold_bytes": 20_000,
+                                                "profile_repeats": 2})
+        drv = demo.Driver(state)
+        try:
+            ready = drv.wait_ready(timeout=120)
+            cuts = ready["edge_profile"]["cuts"]
+            assert [c["node"] for c in cuts][:2] == ["x", "block1_0"]
+            assert ready["edge_profile"]["speed"] == 0.1  # the device's declared factor
+            assert ready["cloud_profile"]["speed"] == 1.0
+            drv.set_rate(5)
+            runs = {k: drv.run(k, 1)[0][0] for k in (0, 1, 6, len(cuts) - 1)}
+            auto, done = drv.run("auto", 3, probes=1)
+        finally:
+            drv.close()
+            client.request("DELETE", f"/apps/{demo.APP}", "delete")
+            client.close()
+    # Every cut gives the whole model's answer (same input, same weights on both sides).
+    assert len({r["top1"] for r in [*runs.values(), *auto]}) == 1
+    assert runs[0]["bytes"] == cuts[0]["bytes_fp32"] == 4 * 28 * 28
+    assert runs[1]["bytes"] == 4 * 16 * 28 * 28  # sent as a file reference
+    last = runs[len(cuts) - 1]
+    assert last["bytes"] == 0 and last["tail_s"] == 0 and last["head_s"] > 0
+    for k in (0, 1, 6):
+        r = runs[k]
+        assert r["transfer_s"] > 0.02  # two 10 ms WAN delays at least
+        assert r["latency_s"] >= r["head_s"] + r["transfer_s"] + r["tail_s"] - 1e-3
+    # The link estimate comes from measured round trips through the 5 Mbit/s link.
+    assert 1.5e6 < done["rate_bps"] < 15e6, done["rate_bps"]
+    assert 0.015 < done["base_s"] < 1.0
+    assert all(0 <= r["cut"] < len(cuts) for r in auto)
+
+
+@pytest.mark.slow
+def test_demo_quick_meets_its_shape(tmp_path: Path) -> None:
+    """The quick demo end to end (about 2-3 minutes): JSON fields, plots."""
+    settings = demo.Settings.quick_settings(json_path=tmp_path / "p.json",
+                                            plots_dir=tmp_path / "plots", early_exit=False)
+    out = demo.run_demo(settings, Console(width=160))
+    assert [r["mbit"] for r in out["runs"]] == list(settings.rates_mbit)
+    for r in out["runs"]:
+        assert {"mbit", "chosen_cut", "chosen_latency_s", "best_cut", "best_latency_s",
+                "all_edge_latency_s", "all_cloud_latency_s"} <= set(r)
+        assert r["best_latency_s"] <= min(r["all_edge_latency_s"], r["all_cloud_latency_s"])
+    assert (tmp_path / "plots" / "partition_latency.png").stat().st_size > 0
