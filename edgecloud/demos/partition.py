@@ -63,7 +63,7 @@ class Settings:
 
     @classmethod
     def quick_settings(cls, **kw: Any) -> Settings:
-        base: dict[str, Any] = {"quick": True, "rates_mbit": (1, 5, 20, 100), "reps": 2,
+        base: dict[str, Any] = {"quick": True, "rates_mbit": (1, 3, 10, 30, 100), "reps": 2,
                                 "auto_requests": 4}
         return cls(**{**base, **{k: v for k, v in kw.items() if v is not None}})
 
