@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from edgecloud.cli.common import console, user_errors
+from edgecloud.errors import UserError
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -30,6 +31,9 @@ def video_query(
     = None,
     home: Annotated[Path | None, typer.Option("--home", help="Keep the run's state here "
                                                               "(default: a temp dir)")] = None,
+    uplink: Annotated[str | None, typer.Option(
+        help="Every edge site's uplink rate, e.g. 1mbit (default: the testbed's 20mbit)")]
+    = None,
 ) -> None:
     """ACE's video-query experiment: CI, EI, ECCI and ECCI+ under load and WAN delay."""
     from edgecloud.demos.video_query import Settings, run_demo
@@ -38,8 +42,14 @@ def video_query(
     query_classes(query)  # unknown queries fail before anything starts
     # SIGTERM unwinds like Ctrl-C, so the demo always tears its infrastructure down.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    from edgecloud.units import parse_rate
+
+    try:
+        uplink_bps = parse_rate(uplink) if uplink is not None else None
+    except ValueError as exc:
+        raise UserError(f"--uplink: {exc}") from None
     kw = {"query": query, "cameras": cameras, "home": home, "json_path": json_path,
-          "plots_dir": plots}
+          "plots_dir": plots, "uplink_bps": uplink_bps}
     if run_seconds is not None:
         kw["run_s"] = run_seconds
     settings = Settings.quick_settings(**kw) if quick else Settings(

@@ -41,6 +41,7 @@ from edgecloud.resource.mqtt import MqttClient
 from edgecloud.resource.protocol import PlatformClient
 from edgecloud.resource.state import RunState, load_run_state, read_admin_token
 from edgecloud.resource.wan import LinkClient
+from edgecloud.units import format_rate
 
 APP = "video-query"
 
@@ -60,6 +61,8 @@ class Settings:
     plots_dir: Path | None = None
     train_epochs: int = 10
     train_min_area: float = 1024.0
+    uplink_bps: float | None = None
+    """Override every edge site's uplink rate (bits/s); None keeps the testbed's 20 Mbit/s."""
 
     @classmethod
     def quick_settings(cls, **kw: Any) -> Settings:
@@ -211,6 +214,10 @@ class Operator:
         for link in self.links:
             link.update(delay_s=ms / 1000)
 
+    def uplink(self, bps: float) -> None:
+        for link in self.links:
+            link.update(up_bps=bps)
+
     def wan_bytes(self) -> int:
         return sum(st.bytes_up + st.bytes_down for st in (lk.status() for lk in self.links))
 
@@ -312,7 +319,8 @@ def score(run: RunResult, truth: dict[str, bool]) -> dict[str, Any]:
 def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
     t_start = time.monotonic()
     out: dict[str, Any] = {"settings": {"query": settings.query, "cameras": settings.cameras,
-                                        "run_s": settings.run_s, "quick": settings.quick},
+                                        "run_s": settings.run_s, "quick": settings.quick,
+                                        "uplink_bps": settings.uplink_bps},
                            "runs": []}
     with infrastructure(settings, console) as state, \
             tempfile.TemporaryDirectory() as tmp:
@@ -324,6 +332,8 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
         with console.status("deploying examples/video_query"):
             client = deploy(state, settings, ref.model_dump(), db, Path(tmp))
         op = Operator(state)
+        if settings.uplink_bps:
+            op.uplink(settings.uplink_bps)
         runs: list[RunResult] = []
         total = len(settings.delays_ms) * len(settings.intervals) * len(settings.modes)
         try:
@@ -362,7 +372,9 @@ def print_table(out: dict[str, Any], console: Console) -> None:
                   "EIL mean", "p50", "p95", "crops", "edge/cloud/drop",
                   title=f"video query '{out['settings']['query']}' — "
                         f"{out['settings']['cameras']} cameras, "
-                        f"{out['settings']['run_s']:g} s per run")
+                        f"{out['settings']['run_s']:g} s per run"
+                        + (f", uplink {format_rate(out['settings']['uplink_bps'])}"
+                           if out["settings"].get("uplink_bps") else ""))
     # Runs see different stretches of the live streams, so bandwidth is compared per crop.
     ci = {(r["delay_ms"], r["interval"]): r["wan_bytes_per_crop"] for r in out["runs"]
           if r["mode"] == "CI"}
