@@ -79,3 +79,26 @@ def partition(
     settings = Settings.quick_settings(**kw) if quick else Settings(
         **{k: v for k, v in kw.items() if v is not None})
     run_demo(settings, console)
+
+
+@app.command("federated")
+@user_errors
+def federated(
+    quick: Annotated[bool, typer.Option("--quick", help="8 short rounds per job (~5 min)")]
+    = False,
+    rounds: Annotated[int | None, typer.Option(help="Rounds per job")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write results here")]
+    = None,
+    plots: Annotated[Path | None, typer.Option("--plots", help="Write PNG plots here")]
+    = None,
+    home: Annotated[Path | None, typer.Option("--home", help="Keep the run's state here "
+                                                              "(default: a temp dir)")] = None,
+) -> None:
+    """Federated learning across 3 edge sites: FedAvg with fp32, int8 and top-k updates."""
+    from edgecloud.demos.federated import Settings, run_demo
+
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    kw = {"rounds": rounds, "home": home, "json_path": json_path, "plots_dir": plots}
+    settings = Settings.quick_settings(**kw) if quick else Settings(
+        **{k: v for k, v in kw.items() if v is not None})
+    run_demo(settings, console)
