@@ -118,7 +118,8 @@ class Aggregator(Component):
         min_clients = int(job.get("min_clients", 1))
         timeout = float(job.get("round_timeout", 120))
         config = {k: job[k] for k in ("lr", "local_steps", "batch_size", "mu") if k in job}
-        config.update(run=run, compression=job.get("compression", "fp32"),
+        config.update(run=run, seed=int(job.get("seed", 0)),
+                      compression=job.get("compression", "fp32"),
                       ratio=float(job.get("ratio", 0.01)))
         strategy_kw: dict[str, Any] = {"min_fit_clients": min_clients, "config": config}
         if job.get("strategy") == "fedprox":
@@ -213,6 +214,7 @@ class Client(Component):
         names = sorted(p.instance for p in self.context.members
                        if p.component == self.component)
         index, count = names.index(self.name), len(names)
+        self.index = index
         alpha = self.params.get("alpha", 0.5)
         parts = (iid_split(len(train), count, seed) if alpha is None else
                  dirichlet_split(train.labels, count, float(alpha), seed))
@@ -241,12 +243,15 @@ class Client(Component):
         cfg = p["config"]
         if p["run"] != self.run_id:  # a new job: fresh model copy and error feedback
             self.run_id = p["run"]
+            torch.manual_seed(int(cfg.get("seed", 0)))  # the aggregator's initial model
             self.fl = FLClient(FashionCNN(), self.x, self.y,
                                compression=cfg.get("compression", "fp32"),
                                ratio=float(cfg.get("ratio", 0.01)),
-                               seed=int(self.params.get("seed", 0)) * 31 + len(self.name))
+                               seed=int(self.params.get("seed", 0)) * 31 + self.index)
         base = int(p["base_version"])
-        if p.get("delta") and self.fl.version == base - 1:
+        if base == 0 and self.fl.version == -1 and self.fl.adopt_initial(p["full"]["sha256"]):
+            data = b""  # the initial model, built from the same seed: nothing to fetch
+        elif p.get("delta") and self.fl.version == base - 1:
             data = self.files.get(FileRef(**p["delta"]))
             self.fl.apply_delta(data, base)
         else:

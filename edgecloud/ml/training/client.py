@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecloud.ml.training.compression import ErrorFeedback, decode, make_compressor
+from edgecloud.ml.training.compression import ErrorFeedback, Fp32, decode, make_compressor
 from edgecloud.ml.training.dp import clip_update
 from edgecloud.ml.training.models import train_epoch
 
@@ -69,6 +69,18 @@ class FLClient:
         self.seed = seed
         self.weights: Arrays | None = None
         self.version = -1
+
+    def adopt_initial(self, full_sha256: str) -> bool:
+        """Take this client's own freshly built model as version 0 if it is the one the
+        server published (same seed, same architecture: its fp32 encoding has the same
+        sha256) — the initial model then never crosses the WAN. False if it differs."""
+        import hashlib
+
+        mine = get_weights(self.model)
+        if hashlib.sha256(Fp32().encode(mine)).hexdigest() != full_sha256:
+            return False
+        self.weights, self.version = mine, 0
+        return True
 
     def load_full(self, payload: bytes, version: int) -> None:
         """Adopt a full published model (fp32 payload) as version ``version``."""

@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,6 +105,9 @@ def build_clients(cfg: SimConfig) -> tuple[list[FLClient], tuple[torch.Tensor, t
 
 def sync(client: FLClient, plan: RoundPlan) -> int:
     """Bring ``client`` to the round's base model; the broadcast bytes it needed."""
+    if plan.base_version == 0 and client.version == -1 and client.adopt_initial(
+            hashlib.sha256(plan.full).hexdigest()):
+        return 0  # built the same initial model itself (same seed): nothing to fetch
     if plan.delta is not None and client.version == plan.base_version - 1:
         client.apply_delta(plan.delta, plan.base_version)
         return len(plan.delta)
