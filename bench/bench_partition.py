@@ -55,7 +55,8 @@ def print_ratios(out: dict[str, Any], console: Console) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="5 rates, 2 rounds")
+    parser.add_argument("--quick", action="store_true",
+                        help="3 rates (1, 10, 100 Mbit/s), 2 rounds")
     parser.add_argument("--int8", action="store_true", help="int8 crossing tensors")
     parser.add_argument("--from-json", type=Path, help="a saved demo JSON to re-print")
     parser.add_argument("--json", type=Path, help="write the run's JSON here")

@@ -6,13 +6,19 @@ across the rate sweep. Real platform, brokers, bridge, WAN proxy and file servic
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 from rich.console import Console
 
 from edgecloud.demos import partition as demo
+from edgecloud.resource.state import RunState
+
+torch.set_num_threads(1)
 
 
 def test_head_and_tail_on_the_platform(tmp_path: Path) -> None:
@@ -37,6 +43,13 @@ def test_head_and_tail_on_the_platform(tmp_path: Path) -> None:
             drv.close()
             client.request("DELETE", f"/apps/{demo.APP}", "delete")
             client.close()
+        ee = early_exit_runs(state, Path(tmp))
+    # Threshold 0: nothing exits on the edge; huge: everything does, nothing crosses.
+    assert not any(r["exited"] for r in ee[0.0]) and all(r["bytes"] > 0 for r in ee[0.0])
+    assert all(r["exited"] and r["bytes"] == 0 for r in ee[1e9])
+    assert all(isinstance(r["label"], int) for r in ee[0.0] + ee[1e9])  # real test images
+    assert statistics.median(r["latency_s"] for r in ee[1e9]) < statistics.median(
+        r["latency_s"] for r in ee[0.0])
     # Every cut gives the whole model's answer (same input, same weights on both sides).
     assert len({r["top1"] for r in [*runs.values(), *auto]}) == 1
     assert runs[0]["bytes"] == cuts[0]["bytes_fp32"] == 4 * 28 * 28
@@ -51,6 +64,26 @@ def test_head_and_tail_on_the_platform(tmp_path: Path) -> None:
     assert 1.5e6 < done["rate_bps"] < 15e6, done["rate_bps"]
     assert 0.015 < done["base_s"] < 1.0
     assert all(0 <= r["cut"] < len(cuts) for r in auto)
+
+
+def early_exit_runs(state: RunState, workdir: Path) -> dict[float, list[dict[str, Any]]]:
+    """The early-exit CNN (untrained weights, shipped by reference) at two thresholds."""
+    from edgecloud.ml.inference.early_exit import EarlyExitCNN
+    from edgecloud.resource.files import FileClient
+
+    torch.manual_seed(0)
+    ref = FileClient(state.cloud.files.url("http"), "cloud").put(EarlyExitCNN().to_bytes())
+    app = "partition-ee"
+    client = demo.deploy(state, workdir, {"model": "early_exit_cnn",
+                                          "weights": ref.model_dump()}, app=app)
+    drv = demo.Driver(state, app=app)
+    try:
+        drv.wait_ready(timeout=120)
+        return {t: drv.run(1, 4, exit_threshold=t)[0] for t in (0.0, 1e9)}
+    finally:
+        drv.close()
+        client.request("DELETE", f"/apps/{app}", "delete")
+        client.close()
 
 
 @pytest.mark.slow

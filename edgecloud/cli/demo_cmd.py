@@ -60,7 +60,7 @@ def video_query(
 @app.command("partition")
 @user_errors
 def partition(
-    quick: Annotated[bool, typer.Option("--quick", help="5 WAN rates, 2 rounds (about 3 "
+    quick: Annotated[bool, typer.Option("--quick", help="3 WAN rates, 2 rounds (about 2-3 "
                                                         "minutes)")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="Send the crossing tensor as int8")]
     = False,

@@ -8,6 +8,10 @@ feeds a `LinkEstimator`. Runs are driven through the in-app controller's `set`:
 `{"run": id, "cut": k | "auto", "requests": n}`; every request's record is published on
 the head site's topic `partition/results`.
 
+With `model: early_exit_cnn` (and `weights`: a file reference to `EarlyExitCNN.to_bytes()`)
+the head runs the first block and the side exit on the edge at cut 1: a sample whose
+branch entropy is below `exit_threshold` is answered there, the others go on to the tail.
+
 Compute on a node whose declared `speed` < 1 is stretched (sleep, `SlowNode`) to emulate
 a slower device; profiles are measured with that stretch, so decisions use measured times.
 """
@@ -23,7 +27,8 @@ import torch
 
 from edgecloud import Component
 from edgecloud.ml.inference.cascade import Ewma
-from edgecloud.ml.inference.partition import decode_tensor, encode_tensor
+from edgecloud.ml.inference.early_exit import EarlyExitCNN, entropy
+from edgecloud.ml.inference.partition import Partition, decode_tensor, encode_tensor
 from edgecloud.ml.inference.partition_models import named_partition
 from edgecloud.ml.inference.profile import (
     LinkEstimator,
@@ -44,8 +49,17 @@ class _Partitioned(Component):
     def setup(self) -> None:
         torch.set_num_threads(1)  # one core per instance: the machine runs many of them
         self.node_emulation = SlowNode(self.context.node_speed)
-        self.part, self.example = named_partition(self.params.get("model", "efficientnet_lite0"),
-                                                  self.params.get("cuts", "coarse"))
+        self.early_exit: EarlyExitCNN | None = None
+        if self.params.get("model") == "early_exit_cnn":
+            # Trained weights shipped by reference; the one cut is where the branch sits.
+            ref = self.params.get("weights")
+            self.early_exit = EarlyExitCNN.from_bytes(self.files.get(FileRef.model_validate(
+                ref))) if ref else EarlyExitCNN().eval()
+            self.example = torch.zeros(1, 1, 28, 28)
+            self.part = Partition(self.early_exit.trunk, self.example).select(["block1_2"])
+        else:
+            self.part, self.example = named_partition(
+                self.params.get("model", "efficientnet_lite0"), self.params.get("cuts", "coarse"))
         self.segments = self.part.segments
         self.profile = measure_profile(
             self.part, self.example, model=self.params.get("model", "efficientnet_lite0"),
@@ -100,6 +114,8 @@ class Head(_Partitioned):
         self._waiting: dict[str, tuple[threading.Event, list[Any]]] = {}
         self._lock = threading.Lock()
         self._quiet = 0  # requests since the link was last measured
+        self._images: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._next = 0
         self.subscribe(REPLIES.format(instance=self.name), self._on_reply)
 
     def _on_reply(self, msg: Any) -> None:
@@ -150,13 +166,44 @@ class Head(_Partitioned):
         if tail_s is not None and self.cloud_profile and self.cloud_profile.tail_s(k) > 1e-3:
             self.cloud_scale.update(tail_s / self.cloud_profile.tail_s(k))
 
+    def next_input(self) -> tuple[torch.Tensor, int | None]:
+        """The next request's input and its label (Fashion-MNIST test images in turn for
+        the early-exit model; the fixed example otherwise: latency does not depend on it)."""
+        if self.early_exit is None:
+            return self.example, None
+        if self._images is None:
+            from edgecloud.ml.training.data import load_split
+
+            self._images = load_split("test").tensors()
+        xs, ys = self._images
+        i, self._next = self._next % len(ys), self._next + 1
+        return xs[i:i + 1], int(ys[i])
+
+    def side_exit(self, h: torch.Tensor) -> int | None:
+        """The branch's class if its entropy is under `exit_threshold`, else None."""
+        assert self.early_exit is not None
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            logits = self.early_exit.branch(h)
+        self.node_emulation.stretch("branch", time.perf_counter() - t0)
+        confident = float(entropy(logits)[0]) < float(self.params.get("exit_threshold", 0.0))
+        return int(logits.argmax()) if confident else None
+
     def infer(self, cut: int | str) -> dict[str, Any]:
         """One request end to end; the record published on `partition/results`."""
         t0 = time.perf_counter()
         k = self.choose() if cut == "auto" else int(cut)
-        x, head_s = self.compute(self.example, 0, k)
+        x, label = self.next_input()
+        x, head_s = self.compute(x, 0, k)
         rec: dict[str, Any] = {"cut": k, "node": self.part.cuts[k].node, "head_s": head_s,
-                               "bytes": 0, "tail_s": 0.0, "transfer_s": 0.0}
+                               "bytes": 0, "tail_s": 0.0, "transfer_s": 0.0, "label": label,
+                               "exited": False}
+        if self.early_exit is not None and k == 1:  # the branch sits at the first cut
+            top1 = self.side_exit(x)
+            if top1 is not None:
+                rec.update(exited=True, top1=top1, head_s=time.perf_counter() - t0,
+                           latency_s=time.perf_counter() - t0)
+                return rec
         if k < len(self.segments):
             doc = encode_tensor(x, self.int8)
             nbytes = len(doc["data"])  # type: ignore[arg-type]
@@ -189,6 +236,7 @@ class Head(_Partitioned):
             if not run or run == done:
                 continue
             done = run
+            self._next = 0  # every run sees the same inputs (thresholds compare fairly)
             cut = self.params.get("cut", "auto")
             for _ in range(int(self.params.get("probes", 0))):
                 self.probe()

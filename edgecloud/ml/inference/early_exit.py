@@ -17,6 +17,7 @@ output (the crossing tensor, as in partitioning) to the cloud, which runs the re
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -72,6 +73,20 @@ class EarlyExitCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         side, h = self.edge(x)
         return [side, self.cloud(h)]
+
+    def to_bytes(self) -> bytes:
+        """The weights (a torch state dict) to ship through the file service."""
+        buf = io.BytesIO()
+        torch.save(self.state_dict(), buf)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> EarlyExitCNN:
+        """Inverse of `to_bytes` (weights only: no pickled code is executed)."""
+        model = cls()
+        model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu",
+                                         weights_only=True))
+        return model.eval()
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
