@@ -84,7 +84,7 @@ def partition(
 @app.command("federated")
 @user_errors
 def federated(
-    quick: Annotated[bool, typer.Option("--quick", help="8 short rounds per job (~5 min)")]
+    quick: Annotated[bool, typer.Option("--quick", help="12 short rounds per job (~3 min)")]
     = False,
     rounds: Annotated[int | None, typer.Option(help="Rounds per job")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write results here")]

@@ -46,6 +46,7 @@ class Settings:
     quick: bool = False
     compressions: tuple[str, ...] = ("fp32", "int8", "topk")
     ratio: float = 0.01
+    down_ratio: float = 0.03
     rounds: int = 40
     local_steps: int = 50
     lr: float = 0.05
@@ -60,7 +61,7 @@ class Settings:
 
     @classmethod
     def quick_settings(cls, **kw: Any) -> Settings:
-        base: dict[str, Any] = {"quick": True, "rounds": 8, "local_steps": 30,
+        base: dict[str, Any] = {"quick": True, "rounds": 12, "local_steps": 30,
                                 "test_limit": 2000}
         return cls(**{**base, **{k: v for k, v in kw.items() if v is not None}})
 
@@ -153,6 +154,7 @@ def run_job(op: Operator, settings: Settings, compression: str, bar: Progress,
             console: Console) -> dict[str, Any]:
     run = f"{compression}-{int(time.time())}"
     job = {"run": run, "compression": compression, "ratio": settings.ratio,
+           "down_ratio": settings.down_ratio,
            "rounds": settings.rounds, "local_steps": settings.local_steps,
            "lr": settings.lr, "seed": settings.seed, "round_timeout": settings.round_timeout,
            "min_clients": 2, "wait_clients": 3, "strategy": "fedavg"}

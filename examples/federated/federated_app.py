@@ -42,7 +42,8 @@ torch.set_num_threads(1)  # two cores shared by every component of the machine
 def _job(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """A job's settings: the aggregator's params, then the job's own."""
     keys = ("run", "rounds", "strategy", "compression", "ratio", "min_clients",
-            "round_timeout", "lr", "local_steps", "batch_size", "seed", "mu", "wait_clients")
+            "round_timeout", "lr", "local_steps", "batch_size", "seed", "mu", "wait_clients",
+            "down_ratio")
     job = {k: params[k] for k in keys if k in params}
     job.update(overrides)
     job.setdefault("run", job.get("compression", "fp32"))
@@ -136,6 +137,7 @@ class Aggregator(Component):
         server = FLServer(make_strategy(str(job.get("strategy", "fedavg")), **strategy_kw),
                           get_weights(model), compression=config["compression"],
                           ratio=config["ratio"], min_clients=min_clients,
+                          down_ratio=float(job["down_ratio"]) if job.get("down_ratio") else None,
                           evaluate=evaluate_weights, checkpoint=ckpt)
         if ckpt.exists():  # the aggregator restarted mid-job: resume where it was
             server.load(ckpt)
