@@ -155,6 +155,26 @@ def test_joining_worker_gets_the_model_and_a_share(elastic_job: JobReport) -> No
     assert abs(last["w1"] - last["w3"]) <= 0.3 * SMALL["global_batch"], last
 
 
+def _single_process_sgd(config: JobConfig, steps: int) -> torch.Tensor:
+    from torch.nn import functional as F
+
+    from edgecloud.ml.training.edge_dp import FashionResNet
+    from edgecloud.ml.training.edge_dp.worker import epoch_permutation, training_subset
+
+    torch.manual_seed(config.seed)
+    model = FashionResNet(width=config.width)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    x, y = training_subset(config.seed, config.train_size)
+    perm = epoch_permutation(config.seed, 0, config.train_size)
+    b = config.global_batch
+    for step in range(steps):
+        idx = torch.from_numpy(perm[step * b:(step + 1) * b])
+        opt.zero_grad()
+        F.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+    return torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+
+
 # -- checkpoint and resume ------------------------------------------------------------
 
 def test_coordinator_restart_resumes_from_checkpoint(tmp_path: Path) -> None:
@@ -180,6 +200,9 @@ def test_coordinator_restart_resumes_from_checkpoint(tmp_path: Path) -> None:
         if worker.poll() is None:
             worker.kill()
     assert [r.step for r in report2.steps] == [6, 7, 8]
+    # Synchronous data parallelism is plain SGD on the global batch: the same 6 steps in
+    # one process give the same weights (up to float summation order).
+    assert torch.allclose(saved, _single_process_sgd(config, steps=6), atol=1e-5)
     assert report2.loss_per_step[:6] == report1.loss_per_step
     assert len(report2.loss_per_step) == 9
     kinds = [(e.kind, e.worker) for e in report2.events]

@@ -400,14 +400,15 @@ class Coordinator:
             if rec is None:
                 continue
             self.report.steps.append(rec)
-            if c.checkpoint is not None and self.step % c.checkpoint_every == 0:
-                self.save_checkpoint(c.checkpoint)
+            ckpt = self.config.checkpoint  # re-read: a caller may switch it off mid-run
+            if ckpt is not None and self.step % self.config.checkpoint_every == 0:
+                self.save_checkpoint(ckpt)
             if progress is not None:
                 progress(self.step)
             if on_step is not None:
                 on_step(self, rec)
-        if c.checkpoint is not None:
-            self.save_checkpoint(c.checkpoint)
+        if self.config.checkpoint is not None:
+            self.save_checkpoint(self.config.checkpoint)
         return self.report
 
     def finish(self) -> None:

@@ -122,7 +122,7 @@ def _compute(st: _State, task: Task, payload: bytes, speed: float,
     if target > compute:
         time.sleep(target - compute)
     busy = time.perf_counter() - t0
-    return Result(step=task.step, count=task.count, loss=float(loss), compute_s=compute,
+    return Result(step=task.step, count=task.count, loss=float(loss.detach()), compute_s=compute,
                   busy_s=busy, overran=compute > target), body
 
 
