@@ -44,3 +44,33 @@ def test_short_federated_job_on_the_platform_improves_accuracy(tmp_path: Path) -
     # Every update crossed a WAN link (edge store -> cloud aggregator): the link
     # counters saw at least the encoded updates and broadcast deltas.
     assert run["wan_bytes"] >= run["payload_bytes"] > 0
+
+
+@pytest.mark.slow
+def test_client_process_dying_mid_round_does_not_stop_the_job(tmp_path: Path) -> None:
+    """A client's process exits on receiving round 2: the round completes with the other
+    two after the round timeout; the platform restarts the client, which says hello
+    again, fetches the full model (it missed a version) and takes part in round 3."""
+    if not (dataset_dir() / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("dataset-fashion-mnist not installed")
+    settings = fl.Settings(rounds=3, local_steps=10, lr=0.03, alpha=1.0, train_limit=3000,
+                           test_limit=500, round_timeout=20, home=tmp_path / "home",
+                           client_params={"crash": {"round": 2, "index": 1}})
+    console = Console(width=160)
+    with fl.infrastructure(settings, console) as state, tempfile.TemporaryDirectory() as tmp:
+        client = fl.deploy(state, settings, Path(tmp))
+        op = fl.Operator(state)
+        try:
+            with Progress(console=console, disable=True) as bar:
+                run = fl.run_job(op, settings, "fp32", bar, console)
+            doc = op.history(run["run"])
+        finally:
+            op.close()
+            client.request("DELETE", f"/apps/{fl.APP}", "delete")
+            client.close()
+    rounds = doc["rounds"]
+    assert [r["ok"] for r in rounds] == [True, True, True]
+    assert rounds[1]["dropped"] == ["client-1"] and len(rounds[1]["answered"]) == 2
+    assert "client-1" in rounds[2]["answered"]  # back after its restart
+    # the returning client fetched the model again: three downloads in round 3, two in 2
+    assert rounds[2]["bytes_down"] > rounds[1]["bytes_down"] > 0

@@ -55,6 +55,8 @@ class Settings:
     train_limit: int | None = None
     test_limit: int | None = None
     round_timeout: float = 120.0
+    client_params: dict[str, Any] | None = None
+    """Extra client parameters (e.g. a failure drill: ``{"crash": {"round": 2}}``)."""
     home: Path | None = None
     json_path: Path | None = None
     plots_dir: Path | None = None
@@ -104,7 +106,8 @@ def deploy(state: RunState, settings: Settings, workdir: Path) -> PlatformClient
             comp["params"].update(autostart=False, test_limit=settings.test_limit)
         if comp["name"] == "client":
             comp["params"].update(alpha=settings.alpha, seed=settings.seed,
-                                  train_limit=settings.train_limit)
+                                  train_limit=settings.train_limit,
+                                  **(settings.client_params or {}))
     topo_file.write_text(yaml.safe_dump(topo, sort_keys=False))
     client = PlatformClient(state.platform.url("http"), read_admin_token(Home(state.home)))
     client.request("POST", "/apps", "deploy", json=deploy_request(topo_file, state))
@@ -184,7 +187,7 @@ def run_job(op: Operator, settings: Settings, compression: str, bar: Progress,
         raise UserError(f"federated job {run} did not finish ({state}): see `edgecloud app "
                         f"logs {APP} --home {op.state.home}`", exit_code=1)
     rounds = doc["rounds"]
-    return {"compression": compression, "rounds": len(rounds),
+    return {"compression": compression, "run": run, "rounds": len(rounds),
             "final_accuracy": doc["final_accuracy"], "wan_bytes": wan,
             "accuracy_per_round": [r["metrics"].get("accuracy") for r in rounds],
             "payload_bytes_per_round": [r["bytes_up"] + r["bytes_down"] for r in rounds],

@@ -24,6 +24,7 @@ job is written to the cloud file store as ``fl/<run>/history.json``.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import threading
 import time
@@ -243,6 +244,7 @@ class Client(Component):
         from edgecloud.ml.training.models import FashionCNN
 
         cfg = p["config"]
+        self.maybe_crash(int(p["round"]))
         if p["run"] != self.run_id:  # a new job: fresh model copy and error feedback
             self.run_id = p["run"]
             torch.manual_seed(int(cfg.get("seed", 0)))  # the aggregator's initial model
@@ -265,3 +267,16 @@ class Client(Component):
         self.send_to(msg.sender, {"op": "update", "run": p["run"], "round": p["round"],
                                   "ref": ref.model_dump(), "num_examples": update.num_examples,
                                   "metrics": update.metrics})
+
+    def maybe_crash(self, rnd: int) -> None:
+        """Failure drill: params ``crash: {round: R, index: I}`` make client I's process
+        die on receiving round R (once: a marker file survives the platform's restart)."""
+        drill = self.params.get("crash") or {}
+        if drill.get("round") != rnd or drill.get("index", 0) != self.index:
+            return
+        marker = Path(self.context.instance_dir or ".") / f"crashed-r{rnd}"
+        if marker.exists():
+            return
+        marker.write_text("crashed on purpose\n")
+        self.log.warning("failure drill: exiting mid-round", round=rnd)
+        os._exit(17)
