@@ -156,6 +156,24 @@ def test_initiator_cloud_counts_the_other_way(proxy: Proxy) -> None:
     assert st.bytes_up - start.bytes_up < 1000
 
 
+def test_bytes_are_split_by_route(proxy: Proxy) -> None:
+    """The accounting point says which service the bytes belong to, and the routes add up
+    to the link's totals."""
+    start = proxy.control.status()
+    send_all(proxy.sink, os.urandom(30_000))
+    send_all(proxy.sink_from_cloud, os.urandom(20_000))
+    st = proxy.control.status()
+
+    def delta(route: str, direction: str) -> int:
+        return (st.by_route.get(route, {}).get(direction, 0)
+                - start.by_route.get(route, {}).get(direction, 0))
+
+    assert delta("sink", "up") == 30_000 and delta("sink", "down") < 200
+    assert delta("sink-in", "down") == 20_000
+    assert sum(c["up"] for c in st.by_route.values()) == st.bytes_up
+    assert sum(c["down"] for c in st.by_route.values()) == st.bytes_down
+
+
 def test_delay_and_jitter_show_in_round_trips(proxy: Proxy) -> None:
     base = min(rtt(proxy.echo))
     proxy.control.update(delay_s=0.05)
@@ -208,6 +226,7 @@ def test_settings_and_counters_survive_restart(proxy: Proxy) -> None:
     assert after.settings.delay_s == 0.01 and after.settings.down_bps == 8e6
     # counters carry on (the restart's readiness probes add a few bytes)
     assert before.bytes_up <= after.bytes_up < before.bytes_up + 1000
+    assert after.by_route["sink"]["up"] >= before.by_route["sink"]["up"] >= 50_000
     assert after.since == before.since
 
 
@@ -326,6 +345,8 @@ def test_link_cli_set_and_show(proxy: Proxy, tmp_path: Path) -> None:
     assert sites[0]["bytes_up"] >= 10_000 and "bytes_down" in sites[0]
     r = link("show")
     assert r.exit_code == 0 and "ec-1" in r.output and "10mbit" in r.output, r.output
+    r = link("show", "--routes")
+    assert r.exit_code == 0 and "route" in r.output and "sink" in r.output, r.output
 
     for args, words in ((("set", "cloud", "--up", "1mbit"), ("cloud", "ec-1")),
                         (("set", "ec-9", "--up", "1mbit"), ("ec-9", "ec-1")),

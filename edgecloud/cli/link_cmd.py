@@ -91,7 +91,10 @@ def set_link(
 
 @app.command("show")
 @user_errors
-def show(home: HomeOption = None, as_json: JsonFlag = False) -> None:
+def show(home: HomeOption = None, as_json: JsonFlag = False,
+         routes: Annotated[bool, typer.Option("--routes", help="Also split the bytes by "
+                                              "route (mqtt, files, platform, ...)")] = False,
+         ) -> None:
     """Settings of every edge site's link and the bytes sent up and down since start."""
     state = load_run_state(home_of(home))
     statuses: list[LinkStatus] = []
@@ -109,6 +112,8 @@ def show(home: HomeOption = None, as_json: JsonFlag = False) -> None:
                               for s in statuses]})
     else:
         _print(statuses)
+        if routes:
+            _print_routes(statuses)
     if failed:
         raise typer.Exit(1)
 
@@ -123,4 +128,14 @@ def _print(statuses: list[LinkStatus]) -> None:
                       f"{s.delay_s * 1000:g}ms", f"{s.jitter_s * 1000:g}ms", f"{s.loss * 100:g}%",
                       "[red]yes[/]" if s.partitioned else "[green]no[/]",
                       format_bytes(st.bytes_up), format_bytes(st.bytes_down))
+    console.print(table)
+
+
+def _print_routes(statuses: list[LinkStatus]) -> None:
+    table = Table("site", "route", "bytes up", "bytes down", box=box.SIMPLE_HEAD,
+                  show_edge=False, padding=(0, 1, 0, 0))
+    for st in statuses:
+        for route, counts in sorted(st.by_route.items()):
+            table.add_row(st.site, route, format_bytes(counts.get("up", 0)),
+                          format_bytes(counts.get("down", 0)))
     console.print(table)

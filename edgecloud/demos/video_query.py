@@ -78,6 +78,7 @@ class RunResult:
     delay_ms: float
     run_id: str
     wan_bytes: int
+    wan_data_bytes: int
     crops: list[str] = field(default_factory=list)
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -218,8 +219,16 @@ class Operator:
         for link in self.links:
             link.update(up_bps=bps)
 
-    def wan_bytes(self) -> int:
-        return sum(st.bytes_up + st.bytes_down for st in (lk.status() for lk in self.links))
+    def wan_bytes(self) -> dict[str, int]:
+        """Bytes that crossed every edge site's link so far: ``total``, ``control`` (agents
+        and the platform API) and ``data`` (messages and files: what the application sent)."""
+        out = {"total": 0, "control": 0}
+        for st in (lk.status() for lk in self.links):
+            out["total"] += st.bytes_up + st.bytes_down
+            counts = st.by_route.get("platform", {})
+            out["control"] += counts.get("up", 0) + counts.get("down", 0)
+        out["data"] = out["total"] - out["control"]
+        return out
 
     def close(self) -> None:
         for c in self.brokers.values():
@@ -266,7 +275,8 @@ def run_once(op: Operator, state: RunState, settings: Settings, db: Path, mode: 
         if crops and len(rows) >= len(crops):
             break
     b1 = op.wan_bytes()
-    return RunResult(mode, interval, delay_ms, run_id, b1 - b0, sorted(crops), rows)
+    return RunResult(mode, interval, delay_ms, run_id, b1["total"] - b0["total"],
+                     b1["data"] - b0["data"], sorted(crops), rows)
 
 
 def ground_truth(state: RunState, runs: list[RunResult], query: str,
@@ -307,6 +317,8 @@ def score(run: RunResult, truth: dict[str, bool]) -> dict[str, Any]:
             "f1": s.f1, "precision": s.precision, "recall": s.recall,
             "wan_bytes": run.wan_bytes,
             "wan_bytes_per_crop": run.wan_bytes / len(ids) if ids else None,
+            "wan_data_bytes": run.wan_data_bytes,
+            "wan_data_bytes_per_crop": run.wan_data_bytes / len(ids) if ids else None,
             "eil_mean_s": lat["mean"], "eil_p50_s": lat["p50"],
             "eil_p95_s": lat["p95"], "crops": len(ids),
             "decided": len(decided),
@@ -368,7 +380,7 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
 
 def print_table(out: dict[str, Any], console: Console) -> None:
     table = Table("delay", "interval", "mode", "F1", "prec", "recall", "WAN MB", "KB/crop",
-                  "% of CI",
+                  "% of CI", "data % of CI",
                   "EIL mean", "p50", "p95", "crops", "edge/cloud/drop",
                   title=f"video query '{out['settings']['query']}' — "
                         f"{out['settings']['cameras']} cameras, "
@@ -376,24 +388,29 @@ def print_table(out: dict[str, Any], console: Console) -> None:
                         + (f", uplink {format_rate(out['settings']['uplink_bps'])}"
                            if out["settings"].get("uplink_bps") else ""))
     # Runs see different stretches of the live streams, so bandwidth is compared per crop.
-    ci = {(r["delay_ms"], r["interval"]): r["wan_bytes_per_crop"] for r in out["runs"]
-          if r["mode"] == "CI"}
+    ci = {(r["delay_ms"], r["interval"]): r for r in out["runs"] if r["mode"] == "CI"}
+
+    def share(r: dict[str, Any], key: str) -> str:
+        base = ci.get((r["delay_ms"], r["interval"]), {}).get(key)
+        return f"{100 * r[key] / base:.0f}%" if base and r.get(key) is not None else "-"
+
     for r in out["runs"]:
-        base, per = ci.get((r["delay_ms"], r["interval"])), r["wan_bytes_per_crop"]
-        share = f"{100 * per / base:.0f}%" if base and per is not None else "-"
+        per = r["wan_bytes_per_crop"]
         table.add_row(f"{r['delay_ms']:g}ms", f"{r['interval']:g}s", r["mode"],
                       f"{r['f1']:.3f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}",
                       f"{r['wan_bytes'] / 1e6:.2f}",
-                      f"{per / 1e3:.1f}" if per is not None else "-", share,
+                      f"{per / 1e3:.1f}" if per is not None else "-",
+                      share(r, "wan_bytes_per_crop"), share(r, "wan_data_bytes_per_crop"),
                       f"{r['eil_mean_s']:.3f}",
                       f"{r['eil_p50_s']:.3f}", f"{r['eil_p95_s']:.3f}", str(r["crops"]),
                       f"{r['at_edge']}/{r['at_cloud']}/{r['dropped']}")
     console.print(table)
     console.print("'% of CI' compares WAN bytes per crop (runs see different stretches of "
-                  "the streams). F1 is measured against COC's label of every crop, as in "
-                  "ACE: CI scores 1.0 by construction. Edge nodes' compute is emulated by "
-                  "their declared speed factor (EOC inference stretched on the edge server, "
-                  "speed 0.5).")
+                  "the streams); 'data' leaves out the control plane (agents' heartbeats and "
+                  "the platform API), which costs the same in every mode. F1 is measured "
+                  "against COC's label of every crop, as in ACE: CI scores 1.0 by "
+                  "construction. Edge nodes' compute is emulated by their declared speed "
+                  "factor (EOC inference stretched on the edge server, speed 0.5).")
     stability = out.get("training", {}).get("coc_mirror_agreement")
     if stability is not None:
         console.print(f"COC's own label survives mirroring a crop for {100 * stability:.0f}% "

@@ -101,6 +101,8 @@ class LinkStatus(BaseModel):
     settings: LinkSettings
     bytes_up: int
     bytes_down: int
+    by_route: dict[str, dict[str, int]] = Field(
+        default={}, description="the same bytes per route: {route: {'up': n, 'down': n}}")
     connections: int
     since: float
 
@@ -119,7 +121,9 @@ class WanProxy:
     def status(self) -> LinkStatus:
         lk = self.link
         return LinkStatus(site=lk.site, settings=lk.settings, bytes_up=lk.up.bytes,
-                          bytes_down=lk.down.bytes, connections=lk.connections, since=lk.since)
+                          bytes_down=lk.down.bytes,
+                          by_route={k: dict(v) for k, v in lk.route_bytes.items() if k},
+                          connections=lk.connections, since=lk.since)
 
     # -- persistence ---------------------------------------------------------------------
     def _load_state(self) -> None:
@@ -135,6 +139,9 @@ class WanProxy:
             return
         self.link.update(settings)
         self.link.up.bytes, self.link.down.bytes, self.link.since = up, down, since
+        for route, counts in (data.get("by_route") or {}).items():
+            self.link.route_bytes[str(route)] = {"up": int(counts.get("up", 0)),
+                                                 "down": int(counts.get("down", 0))}
         log.info("state restored", site=self.config.site, file=str(path), bytes_up=up,
                  bytes_down=down)
 
@@ -184,7 +191,7 @@ class WanProxy:
         log.debug("connection", route=route.name)
         try:
             await relay(self.link, route.initiator == "edge", c_reader, c_writer,
-                        t_reader, t_writer)
+                        t_reader, t_writer, route.name)
         except Exception:  # a bug in the relay must not take the proxy down
             log.exception("relay failed", site=self.config.site, route=route.name)
 

@@ -96,6 +96,9 @@ class Link:
         self.settings = settings
         self.up = Direction(self, "up")
         self.down = Direction(self, "down")
+        # Bytes delivered per route and direction ({"mqtt": {"up": n, "down": n}}): which
+        # service a site's WAN traffic belongs to (data messages, files, control plane).
+        self.route_bytes: dict[str, dict[str, int]] = {}
         self.connections = 0
         self.since = time.time()
         self._open = asyncio.Event()
@@ -151,9 +154,10 @@ class Pipe:
     """One direction of one proxied connection: source -> link -> destination."""
 
     def __init__(self, link: Link, direction: Direction, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+                 writer: asyncio.StreamWriter, route: str = "") -> None:
         self.link = link
         self.dir = direction
+        self.route_count = link.route_bytes.setdefault(route, {"up": 0, "down": 0})
         self.reader = reader
         self.writer = writer
         self.flight: deque[tuple[float, bytes | None]] = deque()  # (arrival, data)
@@ -225,6 +229,7 @@ class Pipe:
                 self._room.set()
                 self.writer.write(data)
                 self.dir.bytes += len(data)
+                self.route_count[self.dir.name] += len(data)
                 await self.writer.drain()
         except (ConnectionError, OSError):
             # The destination is gone: nothing more can cross in this direction.
@@ -235,10 +240,11 @@ class Pipe:
 
 async def relay(link: Link, up_to_target: bool, c_reader: asyncio.StreamReader,
                 c_writer: asyncio.StreamWriter, t_reader: asyncio.StreamReader,
-                t_writer: asyncio.StreamWriter) -> None:
-    """Relay one connection across the link until both directions have ended."""
+                t_writer: asyncio.StreamWriter, route: str = "") -> None:
+    """Relay one connection of ``route`` across the link until both directions have ended."""
     to_target, to_client = ((link.up, link.down) if up_to_target else (link.down, link.up))
-    pipes = [Pipe(link, to_target, c_reader, t_writer), Pipe(link, to_client, t_reader, c_writer)]
+    pipes = [Pipe(link, to_target, c_reader, t_writer, route),
+             Pipe(link, to_client, t_reader, c_writer, route)]
     tasks = [t for p in pipes for t in p.start()]
     link.connections += 1
     try:
