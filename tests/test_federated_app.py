@@ -47,15 +47,17 @@ def test_short_federated_job_on_the_platform_improves_accuracy(tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_client_process_dying_mid_round_does_not_stop_the_job(tmp_path: Path) -> None:
+def test_client_and_aggregator_dying_do_not_stop_the_job(tmp_path: Path) -> None:
     """A client's process exits on receiving round 2: the round completes with the other
     two after the round timeout; the platform restarts the client, which says hello
-    again, fetches the full model (it missed a version) and takes part in round 3."""
+    again, fetches the full model (it missed a version) and takes part in round 3. The
+    aggregator's process exits after round 2: restarted, it resumes from its checkpoint."""
     if not (dataset_dir() / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip("dataset-fashion-mnist not installed")
     settings = fl.Settings(rounds=3, local_steps=10, lr=0.03, alpha=1.0, train_limit=3000,
                            test_limit=500, round_timeout=20, home=tmp_path / "home",
-                           client_params={"crash": {"round": 2, "index": 1}})
+                           client_params={"crash": {"round": 2, "index": 1}},
+                           aggregator_params={"crash_after_round": 2})
     console = Console(width=160)
     with fl.infrastructure(settings, console) as state, tempfile.TemporaryDirectory() as tmp:
         client = fl.deploy(state, settings, Path(tmp))
@@ -69,6 +71,8 @@ def test_client_process_dying_mid_round_does_not_stop_the_job(tmp_path: Path) ->
             client.request("DELETE", f"/apps/{fl.APP}", "delete")
             client.close()
     rounds = doc["rounds"]
+    assert doc["resumed_from"] == 2
+    assert [r["round"] for r in rounds] == [1, 2, 3]
     assert [r["ok"] for r in rounds] == [True, True, True]
     assert rounds[1]["dropped"] == ["client-1"] and len(rounds[1]["answered"]) == 2
     assert "client-1" in rounds[2]["answered"]  # back after its restart

@@ -55,6 +55,7 @@ class Settings:
     train_limit: int | None = None
     test_limit: int | None = None
     round_timeout: float = 120.0
+    aggregator_params: dict[str, Any] | None = None
     client_params: dict[str, Any] | None = None
     """Extra client parameters (e.g. a failure drill: ``{"crash": {"round": 2}}``)."""
     home: Path | None = None
@@ -103,7 +104,8 @@ def deploy(state: RunState, settings: Settings, workdir: Path) -> PlatformClient
     topo = yaml.safe_load(topo_file.read_text())
     for comp in topo["spec"]["components"]:
         if comp["name"] == "aggregator":
-            comp["params"].update(autostart=False, test_limit=settings.test_limit)
+            comp["params"].update(autostart=False, test_limit=settings.test_limit,
+                                  **(settings.aggregator_params or {}))
         if comp["name"] == "client":
             comp["params"].update(alpha=settings.alpha, seed=settings.seed,
                                   train_limit=settings.train_limit,

@@ -64,9 +64,18 @@ class Aggregator(Component):
         self.replies: queue.Queue[Message] = queue.Queue()
         self.jobs: queue.Queue[dict[str, Any]] = queue.Queue()
         self.lock = threading.Lock()
+        queued = set()
+        # Jobs interrupted by a restart of this process first: each left its settings
+        # next to its checkpoint, and run_job resumes from that checkpoint.
+        for saved in sorted(Path(self.context.instance_dir or ".").glob("fl-*.job.json")):
+            job = json.loads(saved.read_text())
+            queued.add(job["run"])
+            self.jobs.put(job)
         for job in self.params.get("runs") or ([{}] if self.params.get("autostart", True)
                                                else []):
-            self.jobs.put(_job(self.params, job))
+            job = _job(self.params, job)
+            if job["run"] not in queued:
+                self.jobs.put(job)
 
     def on_message(self, msg: Message) -> None:
         op = msg.payload.get("op") if isinstance(msg.payload, dict) else None
@@ -135,13 +144,17 @@ class Aggregator(Component):
             return evaluate(model, *self.test)
 
         ckpt = Path(self.context.instance_dir or ".") / f"fl-{run}.npz"
+        saved_job = ckpt.with_suffix(".job.json")
+        saved_job.write_text(json.dumps(job))
         server = FLServer(make_strategy(str(job.get("strategy", "fedavg")), **strategy_kw),
                           get_weights(model), compression=config["compression"],
                           ratio=config["ratio"], min_clients=min_clients,
                           down_ratio=float(job["down_ratio"]) if job.get("down_ratio") else None,
                           evaluate=evaluate_weights, checkpoint=ckpt)
+        resumed_from = None
         if ckpt.exists():  # the aggregator restarted mid-job: resume where it was
             server.load(ckpt)
+            resumed_from = server.round
             self.log.info("resumed from checkpoint", run=run, round=server.round)
         deadline = time.monotonic() + float(self.params.get("start_timeout", 300))
         # Wait for the clients to say hello (all of `wait_clients` if given, so every job
@@ -170,10 +183,25 @@ class Aggregator(Component):
             self.log.info("round done", run=run, round=record.round,
                           answered=len(record.answered), dropped=record.dropped,
                           accuracy=record.metrics.get("accuracy"))
-            self.write_history(job, [asdict(r) for r in server.history], "running")
+            self.write_history(job, [asdict(r) for r in server.history], "running",
+                               resumed_from=resumed_from)
+            self.maybe_crash(run, record.round)
         self.write_history(job, [asdict(r) for r in server.history], "done",
-                           final_accuracy=evaluate_weights(server.published)["accuracy"])
+                           final_accuracy=evaluate_weights(server.published)["accuracy"],
+                           resumed_from=resumed_from)
         ckpt.unlink(missing_ok=True)
+        saved_job.unlink(missing_ok=True)
+
+    def maybe_crash(self, run: str, rnd: int) -> None:
+        """Failure drill: param ``crash_after_round: R`` makes this process die once right
+        after round R was checkpointed (the platform restarts it; the job resumes)."""
+        if self.params.get("crash_after_round") != rnd:
+            return
+        marker = Path(self.context.instance_dir or ".") / f"crashed-{run}-r{rnd}"
+        if not marker.exists():
+            marker.write_text("crashed on purpose\n")
+            self.log.warning("failure drill: aggregator exiting", round=rnd)
+            os._exit(17)
 
     def collect(self, server: Any, run: str, rnd: int, waiting: set[str],
                 timeout: float) -> None:
