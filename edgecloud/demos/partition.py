@@ -280,7 +280,7 @@ def early_exit_on_platform(state: RunState, model: Any, mbit: float, workdir: Pa
     try:
         drv.wait_ready()
         drv.set_rate(mbit)
-        n = 40 if settings.quick else 100
+        n = 40 if settings.quick else 60
         for t in EXIT_THRESHOLDS:
             recs, _ = drv.run(1, n, probes=0, exit_threshold=t)
             rows.append({"threshold": t,
