@@ -66,6 +66,8 @@ class SimConfig:
     straggle: dict[int, list[int]] = field(default_factory=dict)
     """round -> client indices that answer only after ``round_timeout`` in that round."""
     checkpoint: Path | None = None
+    eval_every: int = 1
+    """Evaluate the published model every this many rounds (and always after the last)."""
 
 
 @dataclass
@@ -76,6 +78,7 @@ class SimResult:
 
     @property
     def accuracy_per_round(self) -> list[float]:
+        """Accuracy after each round (NaN where the round was not evaluated)."""
         return [r.metrics.get("accuracy", float("nan")) for r in self.history]
 
     @property
@@ -134,6 +137,13 @@ def run_simulation(cfg: SimConfig, progress: Callable[[RoundRecord], None] | Non
     names = [f"client-{k}" for k in range(len(clients))]
     by_name = dict(zip(names, clients, strict=True))
     evaluate_weights = make_evaluator(test)
+    last = cfg.rounds  # moved past a checkpoint's rounds below when resuming
+
+    def evaluate_some(weights: Arrays) -> dict[str, float]:
+        # Called by the server at the end of each round (server.round is that round).
+        if server.round % cfg.eval_every == 0 or server.round >= last:
+            return evaluate_weights(weights)
+        return {}
     torch.manual_seed(cfg.seed)
     kw = {"min_fit_clients": cfg.min_clients or 1,
           "config": {"lr": cfg.lr, "local_steps": cfg.local_steps, "epochs": cfg.epochs,
@@ -141,7 +151,7 @@ def run_simulation(cfg: SimConfig, progress: Callable[[RoundRecord], None] | Non
     server = FLServer(make_strategy(cfg.strategy, **kw), get_weights(FashionCNN()),
                       compression=cfg.compression, ratio=cfg.ratio,
                       down_ratio=cfg.down_ratio, min_clients=cfg.min_clients, dp=cfg.dp,
-                      total_clients=cfg.clients, evaluate=evaluate_weights,
+                      total_clients=cfg.clients, evaluate=evaluate_some,
                       checkpoint=cfg.checkpoint, seed=cfg.seed)
     if resume and cfg.checkpoint is not None and cfg.checkpoint.exists():
         server.load(cfg.checkpoint)
@@ -158,6 +168,7 @@ def run_simulation(cfg: SimConfig, progress: Callable[[RoundRecord], None] | Non
         return update
 
     start = server.round
+    last = start + cfg.rounds
     for _ in range(start, start + cfg.rounds):
         if cfg.secure:
             record = secure_round(server, names, by_name, cfg)
