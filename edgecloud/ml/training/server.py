@@ -189,7 +189,9 @@ class FLServer:
             self.weights = self.strategy.apply(rnd, self.weights,
                                                [n / len(results) for n in noisy])
             if self.accountant is None:
-                q = len(results) / (self.total_clients or len(results))
+                # Sampling rate: clients selected per round out of all clients.
+                selected = len(self._plan.clients) if self._plan else len(results)
+                q = selected / (self.total_clients or selected)
                 self.accountant = RDPAccountant(self.dp.noise_multiplier, min(1.0, q))
             self.accountant.step()
         self._publish(rnd)
