@@ -92,15 +92,17 @@ def main() -> int:
                   f"{'met' if aw >= 1.3 * eq else 'MISSED'}); {het.overruns} of "
                   f"{het.results} worker results overran the emulated time")
 
-    scale: dict[int, float] = {}
+    scale: dict[int, JobReport] = {}
     for n in (1, 2, 4):
         with console.status(f"2/3 scaling: {n} worker(s) at speed 1"):
-            rep = run_job([1.0] * n, 12, ms, logdir)
-        scale[n] = images_per_s(rep, skip=2)
+            scale[n] = run_job([1.0] * n, 12, ms, logdir)
+    one = images_per_s(scale[1], skip=2)
     t = Table("workers", "images/s", "efficiency vs 1 worker", "efficiency vs ideal",
-              title="scaling, homogeneous workers (aware split)")
-    for n, v in scale.items():
-        t.add_row(str(n), f"{v:.1f}", f"{v / (n * scale[1]):.2f}", f"{v / (n * ref):.2f}")
+              "ms per task outside worker", title="scaling, homogeneous workers (aware split)")
+    for n, rep in scale.items():
+        v = images_per_s(rep, skip=2)
+        t.add_row(str(n), f"{v:.1f}", f"{v / (n * one):.2f}", f"{v / (n * ref):.2f}",
+                  f"{1000 * rep.overhead_per_result():.0f}")
     console.print(t)
 
     t = Table("gradients", "weights down", "up B/image", "down B/image", "total B/image",

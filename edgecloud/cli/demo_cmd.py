@@ -111,17 +111,23 @@ def edge_training(
                                                         "(about 2 minutes)")] = False,
     compression: Annotated[str, typer.Option(help="Gradient encoding: fp32, int8 or topk")]
     = "fp32",
+    processes: Annotated[bool, typer.Option("--processes", help="Run the workers as plain "
+                                            "processes instead of components on the embedded "
+                                            "infrastructure")] = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write results here")]
     = None,
     plots: Annotated[Path | None, typer.Option("--plots", help="Write PNG plots here")]
     = None,
+    home: Annotated[Path | None, typer.Option("--home", help="Keep the run's state here "
+                                                              "(default: a temp dir)")] = None,
 ) -> None:
-    """Data-parallel training over 3 workers (one 3x slower): equal vs aware split, a killed
-    and a joining worker, a coordinator restart from its checkpoint."""
+    """Data-parallel training over 3 edge workers (one 3x slower): equal vs aware split, a
+    killed and a joining worker, a coordinator restart from its checkpoint."""
     from edgecloud.demos.edge_training import Settings, run_demo
 
     if compression not in ("fp32", "int8", "topk"):
         raise UserError(f"--compression must be fp32, int8 or topk, not {compression!r}")
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    kw = {"compression": compression, "json_path": json_path, "plots_dir": plots}
+    kw = {"compression": compression, "json_path": json_path, "plots_dir": plots,
+          "platform": not processes, "home": home}
     run_demo(Settings.quick_settings(**kw) if quick else Settings(**kw), console)

@@ -1,40 +1,43 @@
 """`edgecloud demo edge-training`: heterogeneity-aware, elastic data-parallel training.
 
 One synchronous data-parallel job (the small ResNet of
-:mod:`edgecloud.ml.training.edge_dp.model` on Fashion-MNIST, global batch 64) with a
-coordinator in this process and three workers as OS processes on loopback: w1 and w2 at
-the reference speed, w3 three times slower. Then, in the same job:
+:mod:`edgecloud.ml.training.edge_dp.model` on Fashion-MNIST, global batch 64). By default
+it brings up the embedded infrastructure of examples/edge_training/infra.yaml (an edge
+site of four devices: two at speed 1, one at 1/3, a spare) and deploys
+examples/edge_training, one worker component per ``dp-worker`` node; the coordinator runs
+in this process (next to the site, on loopback). With ``--processes`` the workers are
+plain OS processes instead (no platform bring-up). Then, in the same job:
 
 1. **equal vs aware**: the split policy alternates in blocks of steps (equal, aware,
    equal, ...) so both are measured side by side under the same machine load; images/s
-   of each is images / step wall time over its blocks;
-2. **elastic**: w2 is SIGKILLed, the job goes on (its share is redistributed); w4 is
-   started, joins and gets a share; then the coordinator itself is "crashed" (its
-   sockets dropped) and a new one resumes from the last checkpoint while the workers
-   reconnect. The loss curve runs on through all of it.
+   of each is images / step wall time over its blocks (the first block, which warms the
+   rate estimates up, is left out);
+2. **elastic**: a speed-1 worker is SIGKILLed, the job goes on (its share is
+   redistributed; on the platform its agent restarts it and it rejoins); a worker on a
+   new device (the spare node, deployed as a second app) joins and gets a share; then
+   the coordinator itself "crashes" (sockets dropped, no final checkpoint) and a new one
+   resumes from the last checkpoint while the workers reconnect. The loss curve runs on
+   through all of it.
 
 Device speeds are emulated: a worker of speed ``s`` sleeps so a sample takes
 ``sample_ms / s`` (20 ms for the reference device), well above the real compute on this
 shared 2-core machine; the share planner sees only measured samples/s, never the factor.
-
-Why plain processes rather than components on the embedded infrastructure: the job's
-step loop is a sub-second exchange of the whole model between the coordinator and the
-devices of one site, over direct sockets (see the coordinator's docstring for why not the
-platform's MQTT/file services); what the platform would add is placement and process
-supervision, at the cost of a platform bring-up per demo run, and the kill/join/restart
-choreography needs to own the worker processes. Running them as components is the next
-step (a Component whose ``run`` calls :func:`run_worker` with the coordinator's address
-from ``params``).
+Gradients and weights travel over the job's own TCP channels, not the site broker (why:
+see :mod:`edgecloud.ml.training.edge_dp.coordinator`); the platform places, starts and
+restarts the workers.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,7 @@ from rich.table import Table
 
 from edgecloud.errors import UserError
 
+APP = "edge-training"
 SPEED_NOTE = ("Device speeds are emulated: a worker of speed s sleeps so that a sample takes "
               "sample_ms/s in all (the real forward/backward is well below that); shares follow "
               "the throughput the coordinator measured, never the factor. Figures come from a "
@@ -68,6 +72,8 @@ class Settings:
     json_path: Path | None = None
     plots_dir: Path | None = None
     workdir: Path | None = None
+    platform: bool = True      # workers as components on the embedded infrastructure
+    home: Path | None = None   # of that infrastructure (default: a temp dir)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -83,14 +89,146 @@ class Settings:
             raise UserError("need at least 2 policy blocks of at least 2 steps")
 
 
+class _Processes:
+    """Workers as plain OS processes on this machine (``--processes``)."""
+
+    def __init__(self, settings: Settings, workdir: Path) -> None:
+        self.s, self.workdir = settings, workdir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _spawn(self, address: tuple[str, int], name: str, speed: float) -> None:
+        from edgecloud.ml.training.edge_dp import spawn_worker
+
+        self.procs[name] = spawn_worker(address, name, speed=speed, sample_ms=self.s.sample_ms,
+                                        patience=60, log=self.workdir / f"{name}.log")
+
+    def start(self, address: tuple[str, int]) -> None:
+        for i, speed in enumerate(self.s.speeds, start=1):
+            self._spawn(address, f"w{i}", speed)
+
+    def kill(self, coord: Any) -> str:
+        self.procs["w2"].send_signal(signal.SIGKILL)
+        return "w2"
+
+    def add(self, address: tuple[str, int]) -> str:
+        name = f"w{len(self.s.speeds) + 1}"
+        self._spawn(address, name, 1.0)
+        return name
+
+    def close(self) -> None:
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+class _Platform:
+    """Workers as components on the embedded infrastructure (examples/edge_training): one
+    per edge node labelled dp-worker; the spare node's worker is deployed mid-training."""
+
+    def __init__(self, settings: Settings, workdir: Path, state: Any) -> None:
+        from edgecloud.config import Home
+        from edgecloud.resource.protocol import PlatformClient
+        from edgecloud.resource.state import read_admin_token
+
+        self.s, self.workdir, self.state = settings, workdir, state
+        self.client = PlatformClient(state.platform.url("http"),
+                                     read_admin_token(Home(state.home)))
+        self.apps: list[str] = []
+
+    def _deploy(self, app: str, address: tuple[str, int], labels: dict[str, str]) -> None:
+        import shutil
+
+        import yaml
+
+        from edgecloud.cli.app_lifecycle import deploy_request
+        from edgecloud.demos.infra import examples_dir
+
+        app_dir = self.workdir / app
+        shutil.copytree(examples_dir("edge_training"), app_dir, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "infra.yaml"))
+        topo_file = app_dir / "edge_training.yaml"
+        topo = yaml.safe_load(topo_file.read_text())
+        topo["metadata"]["name"] = app
+        comp = topo["spec"]["components"][0]
+        comp["perNode"] = {"labels": labels}
+        comp["params"].update(coordinator=f"{address[0]}:{address[1]}",
+                              sample_ms=self.s.sample_ms)
+        if app != APP:
+            comp["name"] = "spare"
+        topo_file.write_text(yaml.safe_dump(topo, sort_keys=False))
+        self.client.request("POST", "/apps", "deploy",
+                            json=deploy_request(topo_file, self.state))
+        self.apps.append(app)
+
+    def instances(self, app: str) -> list[dict[str, Any]]:
+        return list(self.client.request("GET", f"/apps/{app}", "status")["instances"])
+
+    def start(self, address: tuple[str, int]) -> None:
+        self._deploy(APP, address, {"dp-worker": "true"})
+
+    def kill(self, coord: Any) -> str:
+        # The worker on ec-1-b (speed 1): SIGKILL its process, as a device losing power.
+        # Its agent restarts it (back-off 1 s), so it later rejoins under the same name.
+        victim = next(i for i in self.instances(APP) if i["node"] == "ec-1-b")
+        os.kill(int(coord.workers[victim["name"]].pid), signal.SIGKILL)
+        return str(victim["name"])
+
+    def add(self, address: tuple[str, int]) -> str:
+        self._deploy(f"{APP}-spare", address, {"dp-spare": "true"})
+        return "spare"
+
+    def close(self) -> None:
+        for app in self.apps:
+            try:
+                self.client.request("DELETE", f"/apps/{app}", "delete")
+            except Exception:  # the infrastructure is torn down right after anyway
+                pass
+        self.client.close()
+
+
+@contextmanager
+def infrastructure(settings: Settings, console: Console) -> Iterator[Any]:
+    """`edgecloud up` of examples/edge_training/infra.yaml in a temp (or the given) home."""
+    import shutil
+    import sys
+
+    from edgecloud.config import Home
+    from edgecloud.demos.infra import examples_dir
+    from edgecloud.resource.state import load_run_state
+
+    home = settings.home or Path(tempfile.mkdtemp(prefix="edgecloud-dp-"))
+    home.mkdir(parents=True, exist_ok=True)
+    infra = home / "edge-training-infra.yaml"
+    shutil.copy(examples_dir("edge_training") / "infra.yaml", infra)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edgecloud.cli.main", *args],
+                              capture_output=True, text=True, timeout=600)
+
+    with console.status(f"bringing up the cloud and an edge site of 4 devices in {home}"):
+        r = cli("up", str(infra), "--home", str(home), "--detach", "--heartbeat", "2")
+    if r.returncode != 0:
+        raise UserError(f"edgecloud up failed:\n{r.stderr or r.stdout}", exit_code=1)
+    try:
+        yield load_run_state(Home(home))
+    finally:
+        with console.status("tearing down"):
+            cli("down", "--home", str(home))
+        if settings.home is None:
+            shutil.rmtree(home, ignore_errors=True)
+
+
 class _Job:
     """The demo's choreography around one coordinator (and its successor)."""
 
-    def __init__(self, settings: Settings, workdir: Path, bar: Progress, task: Any) -> None:
+    def __init__(self, settings: Settings, workdir: Path, launcher: Any, bar: Progress,
+                 task: Any) -> None:
         from edgecloud.ml.training.edge_dp import Coordinator, JobConfig
 
         self.s = settings
-        self.workdir = workdir
         self.config = JobConfig(global_batch=settings.global_batch, policy="equal",
                                 train_size=settings.train_size,
                                 compression=settings.compression,  # type: ignore[arg-type]
@@ -98,18 +236,11 @@ class _Job:
                                 checkpoint=workdir / "job.pt",
                                 checkpoint_every=settings.checkpoint_every)
         self.coord = Coordinator(self.config).start()
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.launcher = launcher
         self.bar, self.task = bar, task
-        self.phase = "policy"
         self.kill_step = settings.block * settings.blocks + settings.kill_after
+        self.added: str | None = None
         self.joined_steps = 0
-
-    def spawn(self, name: str, speed: float) -> None:
-        from edgecloud.ml.training.edge_dp import spawn_worker
-
-        self.procs[name] = spawn_worker(self.coord.address, name, speed=speed,
-                                        sample_ms=self.s.sample_ms, patience=60,
-                                        log=self.workdir / f"{name}.log")
 
     def on_step(self, coord: Any, rec: Any) -> None:
         s = self.s
@@ -125,24 +256,16 @@ class _Job:
             coord.policy = "aware"
             coord.note("policy", detail="aware")
         if n == self.kill_step:
-            self.procs["w2"].send_signal(signal.SIGKILL)
-            coord.note("kill", "w2", "SIGKILL")
-            self.spawn("w4", 1.0)
-            coord.note("spawn", "w4", "speed 1")
-        if "w4" in rec.shares:
+            victim = self.launcher.kill(coord)
+            coord.note("kill", victim, "SIGKILL")
+            self.added = self.launcher.add(coord.address)
+            coord.note("spawn", self.added, "a new worker at speed 1")
+        if self.added and any(name.startswith(self.added) for name in rec.shares):
             self.joined_steps += 1
             if self.joined_steps >= s.join_steps:
                 # Then the coordinator "crashes": no final checkpoint is written.
                 coord.config = coord.config.model_copy(update={"checkpoint": None})
                 coord.finish()
-
-    def close(self) -> None:
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
 
 
 def _throughput(steps: list[Any], policy: str, skip_first_block: int) -> float:
@@ -165,35 +288,38 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     s = settings
     total = s.block * s.blocks + s.kill_after + 40 + s.after_restart
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console) as bar:
+    with ExitStack() as stack:
+        if s.platform:
+            state = stack.enter_context(infrastructure(s, console))
+            launcher: Any = _Platform(s, workdir, state)
+        else:
+            launcher = _Processes(s, workdir)
+        stack.callback(launcher.close)
+        bar = stack.enter_context(Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=console))
         task = bar.add_task("data-parallel job: equal/aware blocks, kill, join", total=total)
-        job = _Job(s, workdir, bar, task)
-        try:
-            for i, speed in enumerate(s.speeds, start=1):
-                job.spawn(f"w{i}", speed)
-            first = job.coord.run(steps=10**6, on_step=job.on_step, wait_s=180)
-            crash_step = job.coord.step
-            # The coordinator "crashes": connections dropped, workers left to reconnect.
-            port = job.coord.address[1]
-            job.coord.note("restart", detail=f"coordinator crashed after step {crash_step}; "
-                                             "a new one starts from the checkpoint")
-            job.coord.close(stop_workers=False)
-            second = Coordinator(job.config, port=port).start()
-            second.policy = "aware"
-            n_loaded = len(second.report.events) - 1  # the history, then its "resume"
-            bar.update(task, description="resumed coordinator",
-                       total=second.step + s.after_restart)
-            job.coord = second
-            resumed_at = second.step
-            final = second.run(steps=second.step + s.after_restart,
-                               progress=lambda n: bar.update(task, completed=n), wait_s=120)
-            xt, yt = load_split("test").subset(list(range(2000))).tensors()
-            acc = second.evaluate(xt, yt)
-            second.close()
-        finally:
-            job.coord.close()
-            job.close()
+        job = _Job(s, workdir, launcher, bar, task)
+        stack.callback(lambda: job.coord.close())
+        launcher.start(job.coord.address)
+        first = job.coord.run(steps=10**6, on_step=job.on_step, wait_s=240)
+        crash_step = job.coord.step
+        # The coordinator "crashes": connections dropped, workers left to reconnect.
+        port = job.coord.address[1]
+        job.coord.note("restart", detail=f"coordinator crashed after {crash_step} steps; "
+                                         "a new one starts from the checkpoint")
+        job.coord.close(stop_workers=False)
+        second = Coordinator(job.config, port=port).start()
+        second.policy = "aware"
+        n_loaded = len(second.report.events) - 1  # the history, then its "resume"
+        bar.update(task, description="resumed coordinator",
+                   total=second.step + s.after_restart)
+        job.coord = second
+        resumed_at = second.step
+        final = second.run(steps=second.step + s.after_restart,
+                           progress=lambda n: bar.update(task, completed=n), wait_s=120)
+        xt, yt = load_split("test").subset(list(range(2000))).tensors()
+        acc = second.evaluate(xt, yt)
     events = [e.model_dump() for e in first.events] + [
         e.model_dump() for e in final.events[n_loaded:]]
     steps_before = [r for r in first.steps if r.step < resumed_at]
@@ -232,6 +358,7 @@ def _summary(s: Settings, first: Any, final: Any, timeline: list[Any],
         "bytes_per_image": bpi,
         "link_bound_images_per_s_at_125MBps": 125e6 / bpi["total"] if bpi["total"] else 0,
         "worker_compute_fraction": first.compute_fraction(),
+        "overhead_per_result_s": first.overhead_per_result(),
         "emulation_overruns": {"overruns": first.overruns + final.overruns,
                                "results": first.results + final.results},
         "events": events,
@@ -276,6 +403,8 @@ def print_tables(out: dict[str, Any], console: Console) -> None:
                   f"(mean of the last 5 of {len(losses)} steps); test accuracy on 2000 "
                   f"images {out['test_accuracy_2000']:.3f}; real compute was "
                   f"{100 * out['worker_compute_fraction']:.0f}% of worker busy time, "
+                  f"{1000 * out['overhead_per_result_s']:.0f} ms per task outside it "
+                  "(transfer, scheduling); "
                   f"{o['overruns']} of {o['results']} results overran the emulated time")
     console.print(SPEED_NOTE)
 
@@ -289,7 +418,7 @@ def plot(out: dict[str, Any], plots_dir: Path) -> list[Path]:
 
     plots_dir.mkdir(parents=True, exist_ok=True)
     losses = out["loss_per_step"]
-    marks = {"kill": ("red", "w2 killed"), "join": ("green", "join"),
+    marks = {"kill": ("red", "killed"), "join": ("green", "join"),
              "restart": ("purple", "coordinator restart")}
     fig, ax = plt.subplots(figsize=(9, 4))
     ax.plot(range(len(losses)), losses, lw=1.2, color="black", label="training loss")
@@ -301,7 +430,7 @@ def plot(out: dict[str, Any], plots_dir: Path) -> list[Path]:
         rejoin = e["kind"] == "join" and e["step"] in (0, out["resumed_at_step"])
         if e["kind"] in marks and not rejoin:
             color, label = marks[e["kind"]]
-            text = f"{label} {e['worker']}".strip() if e["kind"] == "join" else label
+            text = f"{label} {e['worker']}".strip()
             ax.axvline(e["step"], color=color, ls="--", lw=1,
                        label=None if text in seen else text)
             seen.add(text)
@@ -322,7 +451,7 @@ def plot(out: dict[str, Any], plots_dir: Path) -> list[Path]:
                                        for n in names], labels=names)
     ax.set_xlabel("step")
     ax.set_ylabel("samples of the global batch")
-    ax.set_title("share of each worker (w3 is 3x slower; w2 killed, w4 joins)")
+    ax.set_title("share of each worker (one 3x slower; one killed, one joins)")
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     p2 = plots_dir / "edge_training_shares.png"

@@ -137,6 +137,11 @@ class JobReport:
     busy_s: float = 0.0
     results: int = 0   # worker results received
     overruns: int = 0  # of which real compute exceeded the emulated time (should be ~0)
+    outside_s: float = 0.0  # round time not spent busy in a worker: transfer, scheduling
+
+    def overhead_per_result(self) -> float:
+        """Mean seconds a task's round trip spent outside the worker's busy time."""
+        return self.outside_s / self.results if self.results else 0.0
 
     @property
     def loss_per_step(self) -> list[float]:
@@ -365,7 +370,9 @@ class Coordinator:
                     except (ChannelClosed, ProtocolError, ValueError) as exc:
                         self._lose(name, str(exc))
                         continue
-                    self.tracker.observe(name, msg.count, time.monotonic() - sent[name])
+                    round_s = time.monotonic() - sent[name]
+                    self.tracker.observe(name, msg.count, round_s)
+                    self.report.outside_s += max(0.0, round_s - msg.busy_s)
                     self.report.bytes_up += frame_size(msg, payload)
                     self.report.compute_s += msg.compute_s
                     self.report.busy_s += msg.busy_s

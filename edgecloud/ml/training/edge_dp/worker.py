@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,14 +143,26 @@ def _connect(address: tuple[str, int], patience: float) -> socket.socket | None:
     return None
 
 
+def _wait_readable(sock: socket.socket, stop: threading.Event | None) -> bool:
+    """Block until ``sock`` has data; False if ``stop`` was set meanwhile."""
+    if stop is None:
+        return True
+    while not stop.is_set():
+        if select.select([sock], [], [], 0.5)[0]:
+            return True
+    return False
+
+
 def run_worker(address: tuple[str, int], name: str, speed: float = 1.0,
-               sample_ms: float = 10.0, patience: float = 30.0) -> int:
-    """Serve the coordinator at ``address`` until it says stop (0) or stays away (1)."""
+               sample_ms: float = 10.0, patience: float = 30.0,
+               stop: threading.Event | None = None) -> int:
+    """Serve the coordinator at ``address`` until it says stop (0), ``stop`` is set (0)
+    or it stays away for ``patience`` seconds (1)."""
     import torch
 
     torch.set_num_threads(1)  # 2 shared cores: one thread per worker process
     state: _State | None = None
-    while True:
+    while stop is None or not stop.is_set():
         sock = _connect(address, patience)
         if sock is None:
             print(f"worker {name}: no coordinator at {address} for {patience}s", flush=True)
@@ -156,6 +170,8 @@ def run_worker(address: tuple[str, int], name: str, speed: float = 1.0,
         try:
             send_frame(sock, Hello(name=name, pid=os.getpid()))
             while True:
+                if not _wait_readable(sock, stop):
+                    return 0
                 msg, payload = recv_frame(sock)
                 if isinstance(msg, Welcome):
                     if state is None or state.welcome != msg:
@@ -173,6 +189,7 @@ def run_worker(address: tuple[str, int], name: str, speed: float = 1.0,
             print(f"worker {name}: {exc}; reconnecting", flush=True)
         finally:
             sock.close()
+    return 0
 
 
 def spawn_worker(address: tuple[str, int], name: str, speed: float = 1.0,
