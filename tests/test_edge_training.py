@@ -211,3 +211,42 @@ def test_coordinator_restart_resumes_from_checkpoint(tmp_path: Path) -> None:
     assert Coordinator(config).step == 9
     with pytest.raises(UserError, match="written by a job with"):
         Coordinator(JobConfig(**{**SMALL, "width": 16}, checkpoint=ckpt))
+
+
+# -- the example application and the demo -------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "edge_training"
+
+
+def test_example_app_places_one_worker_per_dp_node() -> None:
+    from edgecloud.application.topology import load_application
+    from edgecloud.resource.infra import load_infrastructure
+
+    infra = load_infrastructure(EXAMPLE / "infra.yaml")
+    app = load_application(EXAMPLE / "edge_training.yaml", infra)
+    assert [c.name for c in app.spec.components] == ["worker"]
+    speeds = {n.name: n.speed for s in infra.spec.sites for n in s.nodes}
+    assert speeds["ec-1-slow"] == pytest.approx(1 / 3, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_demo_on_the_embedded_infrastructure(tmp_path: Path) -> None:
+    """The whole quick demo: workers as components, kill, join, coordinator restart."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out.json"
+    r = subprocess.run([sys.executable, "-m", "edgecloud.cli.main", "demo", "edge-training",
+                        "--quick", "--json", str(out), "--plots", str(tmp_path)],
+                       capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["aware_images_per_s"] >= 1.3 * doc["equal_images_per_s"]
+    kinds = [e["kind"] for e in doc["events"]]
+    assert {"kill", "lost", "join", "restart", "resume"} <= set(kinds)
+    assert any(e["kind"] == "join" and e["worker"].startswith("spare") for e in doc["events"])
+    assert len(doc["loss_per_step"]) > 40
+    assert (tmp_path / "edge_training_loss.png").stat().st_size > 10_000
