@@ -98,6 +98,8 @@ class Tail(_Partitioned):
             y, busy = self.compute(decode_tensor(doc), int(p["cut"]), len(self.segments))
             self.publish(reply, {"id": p["id"], "tail_s": busy, "top1": int(y.argmax())},
                          site=p["site"])
+        else:
+            self.log.warning("unknown request kind", kind=kind, sender=msg.sender)
 
 
 class Head(_Partitioned):
