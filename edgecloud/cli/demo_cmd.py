@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -12,6 +12,23 @@ from edgecloud.cli.common import console, user_errors
 from edgecloud.errors import UserError
 
 app = typer.Typer(no_args_is_help=True)
+
+# The options every demo takes.
+JsonOption = Annotated[Path | None, typer.Option("--json", help="Write results here")]
+PlotsOption = Annotated[Path | None, typer.Option("--plots", help="Write PNG plots here")]
+HomeOption = Annotated[Path | None, typer.Option(
+    "--home", help="Keep the run's state here (default: a temp dir)")]
+
+
+def _teardown_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so a demo always tears its infrastructure down."""
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+
+def _settings(cls: Any, quick: bool, **kw: Any) -> Any:
+    """A demo's Settings: its quick preset, or its defaults with the options given."""
+    return cls.quick_settings(**kw) if quick else cls(
+        **{k: v for k, v in kw.items() if v is not None})
 
 
 @app.command("video-query")
@@ -25,12 +42,9 @@ def video_query(
                                               "(9 in the paper)")] = 3,
     run_seconds: Annotated[float | None, typer.Option("--run-seconds",
                                                       help="Seconds per setting")] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write results here")]
-    = None,
-    plots: Annotated[Path | None, typer.Option("--plots", help="Write PNG plots here")]
-    = None,
-    home: Annotated[Path | None, typer.Option("--home", help="Keep the run's state here "
-                                                              "(default: a temp dir)")] = None,
+    json_path: JsonOption = None,
+    plots: PlotsOption = None,
+    home: HomeOption = None,
     uplink: Annotated[str | None, typer.Option(
         help="Every edge site's uplink rate, e.g. 1mbit (default: the testbed's 20mbit)")]
     = None,
@@ -40,8 +54,7 @@ def video_query(
     from edgecloud.ml.vision import query_classes
 
     query_classes(query)  # unknown queries fail before anything starts
-    # SIGTERM unwinds like Ctrl-C, so the demo always tears its infrastructure down.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    _teardown_on_sigterm()
     from edgecloud.units import parse_rate
 
     try:
@@ -52,9 +65,7 @@ def video_query(
           "plots_dir": plots, "uplink_bps": uplink_bps}
     if run_seconds is not None:
         kw["run_s"] = run_seconds
-    settings = Settings.quick_settings(**kw) if quick else Settings(
-        **{k: v for k, v in kw.items() if v is not None})
-    run_demo(settings, console)
+    run_demo(_settings(Settings, quick, **kw), console)
 
 
 @app.command("partition")
@@ -64,21 +75,16 @@ def partition(
                                                         "minutes)")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="Send the crossing tensor as int8")]
     = False,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write results here")]
-    = None,
-    plots: Annotated[Path | None, typer.Option("--plots", help="Write PNG plots here")]
-    = None,
-    home: Annotated[Path | None, typer.Option("--home", help="Keep the run's state here "
-                                                              "(default: a temp dir)")] = None,
+    json_path: JsonOption = None,
+    plots: PlotsOption = None,
+    home: HomeOption = None,
 ) -> None:
     """DNN partitioning: EfficientNet-Lite0 split edge/cloud across WAN rates 1-100 Mbit/s."""
     from edgecloud.demos.partition import Settings, run_demo
 
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    _teardown_on_sigterm()
     kw = {"int8": int8, "home": home, "json_path": json_path, "plots_dir": plots}
-    settings = Settings.quick_settings(**kw) if quick else Settings(
-        **{k: v for k, v in kw.items() if v is not None})
-    run_demo(settings, console)
+    run_demo(_settings(Settings, quick, **kw), console)
 
 
 @app.command("federated")
@@ -87,21 +93,16 @@ def federated(
     quick: Annotated[bool, typer.Option("--quick", help="12 short rounds per job (~3 min)")]
     = False,
     rounds: Annotated[int | None, typer.Option(help="Rounds per job")] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write results here")]
-    = None,
-    plots: Annotated[Path | None, typer.Option("--plots", help="Write PNG plots here")]
-    = None,
-    home: Annotated[Path | None, typer.Option("--home", help="Keep the run's state here "
-                                                              "(default: a temp dir)")] = None,
+    json_path: JsonOption = None,
+    plots: PlotsOption = None,
+    home: HomeOption = None,
 ) -> None:
     """Federated learning across 3 edge sites: FedAvg with fp32, int8 and top-k updates."""
     from edgecloud.demos.federated import Settings, run_demo
 
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    _teardown_on_sigterm()
     kw = {"rounds": rounds, "home": home, "json_path": json_path, "plots_dir": plots}
-    settings = Settings.quick_settings(**kw) if quick else Settings(
-        **{k: v for k, v in kw.items() if v is not None})
-    run_demo(settings, console)
+    run_demo(_settings(Settings, quick, **kw), console)
 
 
 @app.command("edge-training")
@@ -114,12 +115,9 @@ def edge_training(
     processes: Annotated[bool, typer.Option("--processes", help="Run the workers as plain "
                                             "processes instead of components on the embedded "
                                             "infrastructure")] = False,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write results here")]
-    = None,
-    plots: Annotated[Path | None, typer.Option("--plots", help="Write PNG plots here")]
-    = None,
-    home: Annotated[Path | None, typer.Option("--home", help="Keep the run's state here "
-                                                              "(default: a temp dir)")] = None,
+    json_path: JsonOption = None,
+    plots: PlotsOption = None,
+    home: HomeOption = None,
 ) -> None:
     """Data-parallel training over 3 edge workers (one 3x slower): equal vs aware split, a
     killed and a joining worker, a coordinator restart from its checkpoint."""
@@ -127,7 +125,7 @@ def edge_training(
 
     if compression not in ("fp32", "int8", "topk"):
         raise UserError(f"--compression must be fp32, int8 or topk, not {compression!r}")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    _teardown_on_sigterm()
     kw = {"compression": compression, "json_path": json_path, "plots_dir": plots,
           "platform": not processes, "home": home}
     run_demo(Settings.quick_settings(**kw) if quick else Settings(**kw), console)

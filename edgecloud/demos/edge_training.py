@@ -129,38 +129,27 @@ class _Platform:
     per edge node labelled dp-worker; the spare node's worker is deployed mid-training."""
 
     def __init__(self, settings: Settings, workdir: Path, state: Any) -> None:
-        from edgecloud.config import Home
-        from edgecloud.resource.protocol import PlatformClient
-        from edgecloud.resource.state import read_admin_token
+        from edgecloud.demos.infra import platform_client
 
         self.s, self.workdir, self.state = settings, workdir, state
-        self.client = PlatformClient(state.platform.url("http"),
-                                     read_admin_token(Home(state.home)))
+        self.client = platform_client(state)
         self.apps: list[str] = []
 
     def _deploy(self, app: str, address: tuple[str, int], labels: dict[str, str]) -> None:
-        import shutil
+        from edgecloud.demos.infra import copy_example_app, deploy_app
 
-        import yaml
+        def edit(topo: dict[str, Any]) -> None:
+            topo["metadata"]["name"] = app
+            comp = topo["spec"]["components"][0]
+            comp["perNode"] = {"labels": labels}
+            comp["params"].update(coordinator=f"{address[0]}:{address[1]}",
+                                  sample_ms=self.s.sample_ms)
+            if app != APP:
+                comp["name"] = "spare"
 
-        from edgecloud.cli.app_lifecycle import deploy_request
-        from edgecloud.demos.infra import examples_dir
-
-        app_dir = self.workdir / app
-        shutil.copytree(examples_dir("edge_training"), app_dir, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "infra.yaml"))
-        topo_file = app_dir / "edge_training.yaml"
-        topo = yaml.safe_load(topo_file.read_text())
-        topo["metadata"]["name"] = app
-        comp = topo["spec"]["components"][0]
-        comp["perNode"] = {"labels": labels}
-        comp["params"].update(coordinator=f"{address[0]}:{address[1]}",
-                              sample_ms=self.s.sample_ms)
-        if app != APP:
-            comp["name"] = "spare"
-        topo_file.write_text(yaml.safe_dump(topo, sort_keys=False))
-        self.client.request("POST", "/apps", "deploy",
-                            json=deploy_request(topo_file, self.state))
+        topo_file = copy_example_app("edge_training", self.workdir / app, "edge_training.yaml",
+                                     edit, "infra.yaml")
+        deploy_app(self.state, topo_file, app, self.client, wait=False)
         self.apps.append(app)
 
     def instances(self, app: str) -> list[dict[str, Any]]:
@@ -192,33 +181,12 @@ class _Platform:
 @contextmanager
 def infrastructure(settings: Settings, console: Console) -> Iterator[Any]:
     """`edgecloud up` of examples/edge_training/infra.yaml in a temp (or the given) home."""
-    import shutil
-    import sys
+    from edgecloud.demos.infra import embedded_infrastructure, examples_dir
 
-    from edgecloud.config import Home
-    from edgecloud.demos.infra import examples_dir
-    from edgecloud.resource.state import load_run_state
-
-    home = settings.home or Path(tempfile.mkdtemp(prefix="edgecloud-dp-"))
-    home.mkdir(parents=True, exist_ok=True)
-    infra = home / "edge-training-infra.yaml"
-    shutil.copy(examples_dir("edge_training") / "infra.yaml", infra)
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "edgecloud.cli.main", *args],
-                              capture_output=True, text=True, timeout=600)
-
-    with console.status(f"bringing up the cloud and an edge site of 4 devices in {home}"):
-        r = cli("up", str(infra), "--home", str(home), "--detach", "--heartbeat", "2")
-    if r.returncode != 0:
-        raise UserError(f"edgecloud up failed:\n{r.stderr or r.stdout}", exit_code=1)
-    try:
-        yield load_run_state(Home(home))
-    finally:
-        with console.status("tearing down"):
-            cli("down", "--home", str(home))
-        if settings.home is None:
-            shutil.rmtree(home, ignore_errors=True)
+    with embedded_infrastructure(examples_dir("edge_training") / "infra.yaml", settings.home,
+                                 "the cloud and an edge site of 4 devices", console,
+                                 prefix="edgecloud-dp-") as state:
+        yield state
 
 
 class _Job:

@@ -12,9 +12,6 @@ a summary table; writes JSON and PNG plots.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,19 +20,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from edgecloud.application import topics
-from edgecloud.config import Home
-from edgecloud.demos.infra import examples_dir
+from edgecloud.demos.infra import (
+    copy_example_app,
+    deploy_app,
+    embedded_infrastructure,
+    examples_dir,
+)
 from edgecloud.errors import UserError
 from edgecloud.resource.files import FileClient
 from edgecloud.resource.mqtt import MqttClient
 from edgecloud.resource.protocol import PlatformClient
-from edgecloud.resource.state import RunState, load_run_state, read_admin_token
+from edgecloud.resource.state import RunState
 from edgecloud.resource.wan import LinkClient
 
 APP = "federated"
@@ -69,62 +69,31 @@ class Settings:
         return cls(**{**base, **{k: v for k, v in kw.items() if v is not None}})
 
 
-def edgecloud_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edgecloud.cli.main", *args],
-                          capture_output=True, text=True, timeout=600)
-
-
 @contextmanager
 def infrastructure(settings: Settings, console: Console) -> Iterator[RunState]:
     """The cloud and three edge sites, each with one client node, for the block."""
-    home = settings.home or Path(tempfile.mkdtemp(prefix="edgecloud-fl-"))
-    home.mkdir(parents=True, exist_ok=True)
-    infra = examples_dir("federated") / "sites.yaml"
-    with console.status(f"bringing up the cloud and three edge sites in {home}"):
-        r = edgecloud_cli("up", str(infra), "--home", str(home), "--detach", "--heartbeat", "2")
-    if r.returncode != 0:
-        raise UserError(f"edgecloud up failed:\n{r.stderr or r.stdout}", exit_code=1)
-    try:
-        yield load_run_state(Home(home))
-    finally:
-        with console.status("tearing down"):
-            edgecloud_cli("down", "--home", str(home))
-        if settings.home is None:
-            shutil.rmtree(home, ignore_errors=True)
+    with embedded_infrastructure(examples_dir("federated") / "sites.yaml", settings.home,
+                                 "the cloud and three edge sites", console,
+                                 prefix="edgecloud-fl-") as state:
+        yield state
 
 
 def deploy(state: RunState, settings: Settings, workdir: Path) -> PlatformClient:
     """Deploy examples/federated with the demo's data settings; wait until it runs."""
-    from edgecloud.cli.app_lifecycle import deploy_request
 
-    app_dir = workdir / "federated"
-    shutil.copytree(examples_dir("federated"), app_dir, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__", "sites.yaml"))
-    topo_file = app_dir / "federated.yaml"
-    topo = yaml.safe_load(topo_file.read_text())
-    for comp in topo["spec"]["components"]:
-        if comp["name"] == "aggregator":
-            comp["params"].update(autostart=False, test_limit=settings.test_limit,
-                                  **(settings.aggregator_params or {}))
-        if comp["name"] == "client":
-            comp["params"].update(alpha=settings.alpha, seed=settings.seed,
-                                  train_limit=settings.train_limit,
-                                  **(settings.client_params or {}))
-    topo_file.write_text(yaml.safe_dump(topo, sort_keys=False))
-    client = PlatformClient(state.platform.url("http"), read_admin_token(Home(state.home)))
-    client.request("POST", "/apps", "deploy", json=deploy_request(topo_file, state))
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        doc = client.request("GET", f"/apps/{APP}", "status")
-        if doc["instances"] and all(i["state"] == "Running" for i in doc["instances"]):
-            return client
-        failed = [i for i in doc["instances"] if i["state"] == "Failed" or i["restarts"] > 2]
-        if failed:
-            raise UserError("federated instances failed: " + "; ".join(
-                f"{i['name']}: {i['reason']}" for i in failed), exit_code=1)
-        time.sleep(1)
-    raise UserError(f"{APP} did not start within 180 s; see `edgecloud app status {APP} "
-                    f"--home {state.home}`", exit_code=1)
+    def edit(topo: dict[str, Any]) -> None:
+        for comp in topo["spec"]["components"]:
+            if comp["name"] == "aggregator":
+                comp["params"].update(autostart=False, test_limit=settings.test_limit,
+                                      **(settings.aggregator_params or {}))
+            if comp["name"] == "client":
+                comp["params"].update(alpha=settings.alpha, seed=settings.seed,
+                                      train_limit=settings.train_limit,
+                                      **(settings.client_params or {}))
+
+    topo_file = copy_example_app("federated", workdir / "federated", "federated.yaml", edit,
+                                 "sites.yaml")
+    return deploy_app(state, topo_file, APP)
 
 
 class Operator:

@@ -15,10 +15,7 @@ Prints tables, writes JSON and PNG plots.
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,18 +26,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from edgecloud.application import topics
-from edgecloud.config import Home
-from edgecloud.demos.infra import examples_dir
+from edgecloud.demos.infra import (
+    copy_example_app,
+    deploy_app,
+    embedded_infrastructure,
+    examples_dir,
+)
 from edgecloud.errors import UserError
 from edgecloud.resource.mqtt import MqttClient
 from edgecloud.resource.protocol import PlatformClient
-from edgecloud.resource.state import RunState, load_run_state, read_admin_token
+from edgecloud.resource.state import RunState
 from edgecloud.resource.wan import LinkClient
 
 APP = "partition"
@@ -69,59 +69,26 @@ class Settings:
         return cls(**{**base, **{k: v for k, v in kw.items() if v is not None}})
 
 
-def edgecloud_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edgecloud.cli.main", *args],
-                          capture_output=True, text=True, timeout=600)
-
-
 @contextmanager
 def infrastructure(settings: Settings, console: Console) -> Iterator[RunState]:
     """`edgecloud up` of examples/partition/infra.yaml in a temp (or the given) home."""
-    home = settings.home or Path(tempfile.mkdtemp(prefix="edgecloud-part-"))
-    home.mkdir(parents=True, exist_ok=True)
-    infra = home / "partition-infra.yaml"
-    shutil.copy(examples_dir("partition") / "infra.yaml", infra)
-    with console.status(f"bringing up a cloud node and an edge device in {home}"):
-        r = edgecloud_cli("up", str(infra), "--home", str(home), "--detach", "--heartbeat", "2")
-    if r.returncode != 0:
-        raise UserError(f"edgecloud up failed:\n{r.stderr or r.stdout}", exit_code=1)
-    try:
-        yield load_run_state(Home(home))
-    finally:
-        with console.status("tearing down"):
-            edgecloud_cli("down", "--home", str(home))
-        if settings.home is None:
-            shutil.rmtree(home, ignore_errors=True)
+    with embedded_infrastructure(examples_dir("partition") / "infra.yaml", settings.home,
+                                 "a cloud node and an edge device", console,
+                                 prefix="edgecloud-part-") as state:
+        yield state
 
 
 def deploy(state: RunState, workdir: Path, params: dict[str, Any],
            app: str = APP) -> PlatformClient:
     """Deploy examples/partition as `app` with `params` merged into both components'."""
-    from edgecloud.cli.app_lifecycle import deploy_request
 
-    app_dir = workdir / app
-    shutil.copytree(examples_dir("partition"), app_dir, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    topo_file = app_dir / "partition.yaml"
-    topo = yaml.safe_load(topo_file.read_text())
-    topo["metadata"]["name"] = app
-    for comp in topo["spec"]["components"]:
-        comp["params"].update(params)
-    topo_file.write_text(yaml.safe_dump(topo, sort_keys=False))
-    client = PlatformClient(state.platform.url("http"), read_admin_token(Home(state.home)))
-    client.request("POST", "/apps", "deploy", json=deploy_request(topo_file, state))
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        doc = client.request("GET", f"/apps/{app}", "status")
-        if doc["instances"] and all(i["state"] == "Running" for i in doc["instances"]):
-            return client
-        failed = [i for i in doc["instances"] if i["state"] == "Failed" or i["restarts"] > 2]
-        if failed:
-            raise UserError("partition instances failed: " + "; ".join(
-                f"{i['name']}: {i['reason']}" for i in failed), exit_code=1)
-        time.sleep(1)
-    raise UserError(f"{app} did not start within 180 s; see `edgecloud app status {app} "
-                    f"--home {state.home}`", exit_code=1)
+    def edit(topo: dict[str, Any]) -> None:
+        topo["metadata"]["name"] = app
+        for comp in topo["spec"]["components"]:
+            comp["params"].update(params)
+
+    return deploy_app(state, copy_example_app("partition", workdir / app, "partition.yaml",
+                                              edit), app)
 
 
 class Driver:

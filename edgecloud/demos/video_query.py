@@ -13,10 +13,7 @@ shaped like the paper's Figure 5.
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,21 +22,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from edgecloud.application import topics
-from edgecloud.config import Home
-from edgecloud.demos.infra import ace_testbed, examples_dir
-from edgecloud.errors import UserError
+from edgecloud.demos.infra import (
+    ace_testbed,
+    copy_example_app,
+    deploy_app,
+    embedded_infrastructure,
+)
 from edgecloud.ml.evaluation import latency_stats, scores
 from edgecloud.ml.inference.cascade import MODES
 from edgecloud.resource.files import FileClient
 from edgecloud.resource.mqtt import MqttClient
 from edgecloud.resource.protocol import PlatformClient
-from edgecloud.resource.state import RunState, load_run_state, read_admin_token
+from edgecloud.resource.state import RunState
 from edgecloud.resource.wan import LinkClient
 from edgecloud.units import format_rate
 
@@ -84,28 +83,12 @@ class RunResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def edgecloud_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edgecloud.cli.main", *args],
-                          capture_output=True, text=True, timeout=600)
-
-
 @contextmanager
 def infrastructure(settings: Settings, console: Console) -> Iterator[RunState]:
-    home = settings.home or Path(tempfile.mkdtemp(prefix="edgecloud-vq-"))
-    infra = home / "ace-testbed.yaml"
-    home.mkdir(parents=True, exist_ok=True)
-    infra.write_text(yaml.safe_dump(ace_testbed(settings.cameras), sort_keys=False))
-    with console.status(f"bringing up the ACE testbed ({settings.cameras} cameras) in {home}"):
-        r = edgecloud_cli("up", str(infra), "--home", str(home), "--detach", "--heartbeat", "2")
-    if r.returncode != 0:
-        raise UserError(f"edgecloud up failed:\n{r.stderr or r.stdout}", exit_code=1)
-    try:
-        yield load_run_state(Home(home))
-    finally:
-        with console.status("tearing down"):
-            edgecloud_cli("down", "--home", str(home))
-        if settings.home is None:
-            shutil.rmtree(home, ignore_errors=True)
+    with embedded_infrastructure(ace_testbed(settings.cameras), settings.home,
+                                 f"the ACE testbed ({settings.cameras} cameras)", console,
+                                 prefix="edgecloud-vq-") as state:
+        yield state
 
 
 def train_edge_model(settings: Settings, console: Console, out: Path) -> dict[str, Any]:
@@ -164,35 +147,19 @@ def coc_label_stability(coc: Any, crops: list[Any], query: str, sample: int = 25
 
 def deploy(state: RunState, settings: Settings, model_ref: dict[str, Any], db: Path,
            workdir: Path) -> PlatformClient:
-    from edgecloud.cli.app_lifecycle import deploy_request
 
-    app_dir = workdir / "video_query"
-    shutil.copytree(examples_dir("video_query"), app_dir, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    topo_file = app_dir / "video_query.yaml"
-    topo = yaml.safe_load(topo_file.read_text())
-    for comp in topo["spec"]["components"]:
-        if comp["name"] == "eoc":
-            comp["params"]["model"] = model_ref
-        if comp["name"] == "coc":
-            comp["params"]["query"] = settings.query
-        if comp["name"] == "rs":
-            comp["params"]["db"] = str(db)
-    topo_file.write_text(yaml.safe_dump(topo, sort_keys=False))
-    client = PlatformClient(state.platform.url("http"), read_admin_token(Home(state.home)))
-    client.request("POST", "/apps", "deploy", json=deploy_request(topo_file, state))
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        doc = client.request("GET", f"/apps/{APP}", "status")
-        if all(i["state"] == "Running" for i in doc["instances"]):
-            return client
-        failed = [i for i in doc["instances"] if i["state"] == "Failed" or i["restarts"] > 2]
-        if failed:
-            raise UserError("video-query instances failed: " + "; ".join(
-                f"{i['name']}: {i['reason']}" for i in failed), exit_code=1)
-        time.sleep(1)
-    raise UserError("video-query did not start within 180 s; see `edgecloud app status "
-                    f"{APP} --home {state.home}`", exit_code=1)
+    def edit(topo: dict[str, Any]) -> None:
+        for comp in topo["spec"]["components"]:
+            if comp["name"] == "eoc":
+                comp["params"]["model"] = model_ref
+            if comp["name"] == "coc":
+                comp["params"]["query"] = settings.query
+            if comp["name"] == "rs":
+                comp["params"]["db"] = str(db)
+
+    topo_file = copy_example_app("video_query", workdir / "video_query", "video_query.yaml",
+                                 edit)
+    return deploy_app(state, topo_file, APP)
 
 
 class Operator:

@@ -67,9 +67,11 @@ class ImageSet:
         """``(x, y)`` torch tensors: x (N, 1, 28, 28) float32 normalised, y (N,) int64."""
         import torch
 
-        x = torch.from_numpy(self.images).float().div_(255.0)
-        x = x.sub_(PIXEL_MEAN).div_(PIXEL_STD).unsqueeze(1)
-        return x, torch.from_numpy(self.labels)
+        # torch.as_tensor copies read-only (memory-mapped) arrays instead of warning.
+        x = torch.as_tensor(np.array(self.images, copy=not self.images.flags.writeable))
+        x = x.float().div_(255.0).sub_(PIXEL_MEAN).div_(PIXEL_STD).unsqueeze(1)
+        labels = np.array(self.labels, copy=not self.labels.flags.writeable)
+        return x, torch.as_tensor(labels)
 
 
 def dataset_dir() -> Path:
