@@ -316,7 +316,10 @@ def _lite0(method: str, s: Settings, say: Step, work: Path) -> CompressionReport
         say(f"quantizing (static, FX, {n_cal} calibration crops)")
         q = quantize_static_int8(fp32, [calib_x[i:i + 8] for i in range(0, n_cal, 8)],
                                  backend=s.backend)  # type: ignore[arg-type]
-        row("int8-static", q, serialized_bytes(q), None, f"backend {s.backend}")
+        # Known defect (tests/test_compression.py, xfail): torch.ao's quantized kernels
+        # lose most of Lite0's top-1 agreement here; the row says so rather than hide it.
+        row("int8-static", q, serialized_bytes(q), None, f"backend {s.backend}; torch.ao PTQ "
+            "is known to degrade Lite0 here (agreement ~0.2), use onnx or fp32")
     elif method == "prune":
         say(f"magnitude pruning to {s.amount:.0%}")
         p = magnitude_prune(fp32, s.amount)
