@@ -34,10 +34,11 @@ TARGET_INT8_SIZE = 3.5
 TARGET_INT8_LOSS_PT = 1.0
 
 RUNS: list[tuple[str, str]] = [
-    ("fashion-cnn", "int8-dynamic"), ("fashion-cnn", "int8-static"),
+    ("fashion-cnn", "int8-dynamic"), ("fashion-cnn", "int8-static"), ("fashion-cnn", "int8-onnx"),
     ("fashion-cnn", "prune"), ("fashion-cnn", "prune-channels"),
     ("fashion-cnn", "distill"), ("fashion-cnn", "onnx"),
     ("efficientnet-lite0", "int8-dynamic"), ("efficientnet-lite0", "int8-static"),
+    ("efficientnet-lite0", "int8-onnx"),
     ("efficientnet-lite0", "onnx"),
 ]
 

@@ -11,7 +11,7 @@ Targets (issue 5): FedAvg non-IID >= 88 % test accuracy (full run); int8 <= 26 %
 fp32's bytes with <= 0.5 point accuracy loss; top-k 1 % + error feedback <= 5 % of the
 bytes with <= 1.5 points loss.
 
-    python bench/bench_federated.py [--rounds 60] [--local-steps 50] [--alpha 0.5]
+    python bench/bench_federated.py [--rounds 150] [--local-steps 50] [--alpha 0.5]
         [--clients 3] [--json out.json] [--plots DIR] [--threads 1]
     python bench/bench_federated.py --quick          # ~2 minutes, targets not meaningful
 """
@@ -127,7 +127,7 @@ def plot(out: dict[str, Any], plots: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=150)
     parser.add_argument("--local-steps", type=int, default=50)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--clients", type=int, default=3)

@@ -42,8 +42,9 @@ def render(report: CompressionReport) -> Table:
 def compress_cmd(
     model: Annotated[str, typer.Option("--model", help="fashion-cnn | efficientnet-lite0")]
         = "fashion-cnn",
-    method: Annotated[str, typer.Option("--method", help="int8-dynamic | int8-static | prune "
-                                        "| prune-channels | distill | onnx")] = "int8-static",
+    method: Annotated[str, typer.Option(
+        "--method", help="int8-dynamic | int8-static | int8-onnx | prune | prune-channels "
+        "| distill | onnx")] = "int8-static",
     amount: Annotated[float, typer.Option(help="prune: share of weights zeroed; "
                                           "prune-channels: share of channels removed")] = 0.5,
     fine_tune_steps: Annotated[int, typer.Option(help="Adam steps after pruning "

@@ -31,7 +31,12 @@ from edgecloud.ml.compression.models import (
     load_or_train_fashion_cnn,
     train_classifier,
 )
-from edgecloud.ml.compression.onnx_export import OnnxCheck, OnnxPredictor, export_onnx
+from edgecloud.ml.compression.onnx_export import (
+    OnnxCheck,
+    OnnxPredictor,
+    export_onnx,
+    quantize_onnx_int8,
+)
 from edgecloud.ml.compression.prune import channel_prune, fine_tuner, magnitude_prune
 from edgecloud.ml.compression.quantize import quantize_dynamic_int8, quantize_static_int8
 from edgecloud.ml.compression.report import (
@@ -67,6 +72,7 @@ __all__ = [
     "load_or_train_fashion_cnn",
     "magnitude_prune",
     "quantize_dynamic_int8",
+    "quantize_onnx_int8",
     "quantize_static_int8",
     "serialized_bytes",
     "sparsity",

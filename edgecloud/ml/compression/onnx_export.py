@@ -8,11 +8,14 @@ Example::
     check = export_onnx(model, x[:4], Path("model.onnx"))
     assert check.ok, check.max_abs_diff
     logits = OnnxPredictor(check.path)(x[:8])
+    q = quantize_onnx_int8(check.path, [x[i:i + 1] for i in range(64)], Path("model-int8.onnx"))
 """
 
 from __future__ import annotations
 
+import tempfile
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["OnnxCheck", "OnnxPredictor", "export_onnx"]
+__all__ = ["OnnxCheck", "OnnxPredictor", "export_onnx", "quantize_onnx_int8"]
 
 
 class OnnxPredictor:
@@ -74,3 +77,45 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset
     diff = float((expected - got).abs().max())
     ok = bool(torch.allclose(expected, got, atol=atol, rtol=rtol))
     return OnnxCheck(path, path.stat().st_size, diff, atol, rtol, ok)
+
+
+def quantize_onnx_int8(onnx_path: str | Path, calibration: Iterable[torch.Tensor],
+                       out: str | Path, percentile: float = 99.999) -> Path:
+    """Post-training static int8 quantization of an exported ONNX model by onnxruntime:
+    QDQ format, per-channel int8 weights, uint8 activations whose ranges come from the
+    ``calibration`` batches (percentile calibration clips rare outliers).
+
+    It is the int8 path for models whose torch.ao quantization loses accuracy here
+    (EfficientNet-Lite0; see tests/test_compression.py).
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    batches = [b.detach().numpy().astype(np.float32) for b in calibration]
+    if not batches:
+        raise ValueError("int8 quantization needs at least one calibration batch")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    class _Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self, name: str) -> None:
+            self.feeds = iter([{name: b} for b in batches])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.feeds, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(onnx_path), str(pre))  # shape inference + graph optimisation
+        quantize_static(str(pre), str(out), _Reader(OnnxPredictor(pre).input),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.Percentile,
+                        extra_options={"CalibPercentile": percentile})
+    return out
