@@ -14,7 +14,8 @@ from rich.console import Console
 from edgecloud.config import Home
 from edgecloud.errors import UserError
 
-console = Console()
+# Piped into a file or CI log, rich would wrap tables to 80 columns and clip every cell.
+console = Console(width=None if Console().is_terminal else 160)
 err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
