@@ -108,8 +108,11 @@ def main() -> None:
                       f"loss — {v['model']} {v['variant']}: {v['size_ratio']:.2f}x, "
                       f"{v['accuracy_delta_points']:+.2f} pt: "
                       f"{'MET' if v['met'] else 'missed'}")
+    floor = next((r.settings["fp32_1px_shift_agreement"] for r in reports
+                  if "fp32_1px_shift_agreement" in r.settings), float("nan"))
     console.print(f"latency: median batch-1 CPU passes, {args.threads} thread(s); "
-                  "Lite0 accuracy = top-1 agreement with fp32 on clip crops"
+                  "Lite0 accuracy = top-1 agreement with fp32 on clip crops (noise floor: "
+                  f"fp32 on the crops shifted by 1 px agrees {100 * floor:.1f}%)"
                   + (" (quick: targets indicative only)" if args.quick else ""))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
