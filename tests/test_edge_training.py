@@ -175,6 +175,36 @@ def _single_process_sgd(config: JobConfig, steps: int) -> torch.Tensor:
     return torch.nn.utils.parameters_to_vector(model.parameters()).detach()
 
 
+def test_a_worker_beyond_the_global_batch_is_refused_and_the_job_goes_on(
+        tmp_path: Path) -> None:
+    """Every worker needs a sample: with a global batch of 2, a third worker is told why
+    and exits 0, the two others train."""
+    coord = Coordinator(JobConfig(**{**SMALL, "global_batch": 2}, min_workers=2)).start()
+    procs = [spawn_worker(coord.address, f"w{i}", sample_ms=2.0, log=tmp_path / f"w{i}.log")
+             for i in range(2)]
+
+    def third_joins(c: Coordinator, rec: object) -> None:
+        if rec.step == 0:  # type: ignore[attr-defined]
+            procs.append(spawn_worker(c.address, "w2", sample_ms=2.0,
+                                      log=tmp_path / "w2.log"))
+        if any(e.kind == "refused" for e in c.report.events):
+            c.finish()
+
+    try:
+        report = coord.run(steps=2000, on_step=third_joins, wait_s=90)
+        coord.close()
+        codes = [p.wait(timeout=20) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert codes == [0, 0, 0] and len(report.loss_per_step) < 2000
+    refused = [e for e in report.events if e.kind == "refused"]
+    assert len(refused) == 1 and "global batch of 2" in refused[0].detail
+    log = (tmp_path / f"{refused[0].worker}.log").read_text()
+    assert "stopped by the coordinator: the global batch of 2" in log
+
+
 # -- checkpoint and resume ------------------------------------------------------------
 
 def test_coordinator_restart_resumes_from_checkpoint(tmp_path: Path) -> None:

@@ -109,7 +109,7 @@ class Event(BaseModel):
 
     step: int
     time_s: float
-    kind: Literal["join", "lost", "resume", "policy", "kill", "spawn", "restart"]
+    kind: Literal["join", "lost", "refused", "resume", "policy", "kill", "spawn", "restart"]
     worker: str = ""
     detail: str = ""
 
@@ -268,10 +268,26 @@ class Coordinator:
             old = self.workers.pop(w.name, None)
             if old is not None:  # the same worker reconnected: its old channel is dead
                 old.sock.close()
+            elif len(self.workers) >= self.config.global_batch:
+                self._refuse(w)
+                continue
             self.workers[w.name] = w
             self._event("join", w.name, f"pid {w.pid}")
             self._plan_step = -1
             block_until = None  # got one; take any others already waiting, then go
+
+    def _refuse(self, w: _Worker) -> None:
+        """Every worker needs at least one sample of the global batch: one too many is
+        told why and sent away (the job goes on), rather than failing the plan."""
+        n = self.config.global_batch
+        reason = (f"the global batch of {n} samples already has {n} workers; raise "
+                  "global_batch to use more")
+        try:
+            send_frame(w.sock, Stop(reason=reason))
+        except (ChannelClosed, OSError):
+            pass
+        w.sock.close()
+        self._event("refused", w.name, reason)
 
     def _lose(self, name: str, reason: str) -> None:
         w = self.workers.pop(name, None)

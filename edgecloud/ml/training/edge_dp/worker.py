@@ -182,6 +182,8 @@ def run_worker(address: tuple[str, int], name: str, speed: float = 1.0,
                     result, body = _compute(state, msg, payload, speed, sample_ms)
                     send_frame(sock, result, body)
                 elif isinstance(msg, Stop):
+                    print(f"worker {name}: stopped by the coordinator: {msg.reason}",
+                          flush=True)
                     return 0
                 else:
                     raise ProtocolError(f"unexpected {msg.type} message")
