@@ -59,3 +59,23 @@ def test_short_run_stores_results_for_every_mode(tmp_path: Path) -> None:
     assert {r["location"] for r in ci.rows.values()} == {"cloud"}  # CI: all to COC
     assert ci.wan_bytes > ci.wan_data_bytes > 0  # the control plane crossed too
     assert len(ci.rows) >= 0.9 * len(ci.crops)  # drained: (almost) every crop decided
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["video-query", "--cameras", "0"], "--cameras must be 1..9"),
+    (["video-query", "--cameras", "20"], "--cameras must be 1..9"),
+    (["video-query", "--run-seconds", "-1"], "--run-seconds must be > 0"),
+    (["video-query", "--query", "unicorn"], "unicorn"),
+    (["federated", "--rounds", "0"], "--rounds must be >= 1"),
+    (["edge-training", "--compression", "zip"], "--compression must be fp32, int8 or topk"),
+    (["partition", "--home", "/proc/edgecloud-cannot-be-here"], "cannot create it"),
+])
+def test_demo_options_are_checked_before_anything_starts(args: list[str],
+                                                         message: str) -> None:
+    from typer.testing import CliRunner
+
+    from edgecloud.cli.main import app
+
+    result = CliRunner().invoke(app, ["demo", *args])
+    assert result.exit_code != 0 and message in result.output
+    assert "Traceback" not in result.output

@@ -50,10 +50,20 @@ def video_query(
     = None,
 ) -> None:
     """ACE's video-query experiment: CI, EI, ECCI and ECCI+ under load and WAN delay."""
+    from edgecloud.demos.infra import testbed_cameras
     from edgecloud.demos.video_query import Settings, run_demo
     from edgecloud.ml.vision import query_classes
 
-    query_classes(query)  # unknown queries fail before anything starts
+    # Bad options fail here, before minutes of bringing up and training.
+    try:
+        query_classes(query)
+    except KeyError as exc:
+        raise UserError(f"--query: {exc.args[0]}") from None
+    if not 1 <= cameras <= testbed_cameras():
+        raise UserError(f"--cameras must be 1..{testbed_cameras()} (the ACE testbed's camera "
+                        f"nodes), not {cameras}")
+    if run_seconds is not None and run_seconds <= 0:
+        raise UserError(f"--run-seconds must be > 0, not {run_seconds:g}")
     _teardown_on_sigterm()
     from edgecloud.units import parse_rate
 
@@ -99,6 +109,9 @@ def federated(
 ) -> None:
     """Federated learning across 3 edge sites: FedAvg with fp32, int8 and top-k updates."""
     from edgecloud.demos.federated import Settings, run_demo
+
+    if rounds is not None and rounds < 1:
+        raise UserError(f"--rounds must be >= 1, not {rounds}")
 
     _teardown_on_sigterm()
     kw = {"rounds": rounds, "home": home, "json_path": json_path, "plots_dir": plots}

@@ -36,6 +36,13 @@ def examples_dir(name: str) -> Path:
     return d
 
 
+def testbed_cameras() -> int:
+    """How many camera nodes the shipped ACE testbed has (9, as in the paper)."""
+    doc = yaml.safe_load((EXAMPLES / "infra/ace-testbed.yaml").read_text())
+    return sum(node.get("labels", {}).get("camera") == "true"
+               for site in doc["spec"]["sites"] for node in site["nodes"])
+
+
 def ace_testbed(cameras: int | None = None) -> dict[str, object]:
     """The ACE testbed (examples/infra/ace-testbed.yaml), keeping `cameras` camera nodes
     spread over the edge sites (every site keeps its edge server)."""
@@ -76,7 +83,10 @@ def embedded_infrastructure(infra: Path | dict[str, Any], home: Path | None, wha
     from edgecloud.resource.state import load_run_state
 
     run_home = home or Path(tempfile.mkdtemp(prefix=prefix))
-    run_home.mkdir(parents=True, exist_ok=True)
+    try:
+        run_home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--home {run_home}: cannot create it ({exc.strerror})") from None
     if isinstance(infra, dict):
         infra_file = run_home / "infra.yaml"
         infra_file.write_text(yaml.safe_dump(infra, sort_keys=False))
