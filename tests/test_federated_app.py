@@ -6,6 +6,7 @@ bench and the demo measure quality."""
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,10 @@ def test_short_federated_job_on_the_platform_improves_accuracy(tmp_path: Path) -
         try:
             with Progress(console=console, disable=True) as bar:
                 run = fl.run_job(op, settings, "int8", bar, console)
+            # A job with settings that cannot run is rejected with the reason; the
+            # aggregator stays up for the next one.
+            op.start({"run": "bad", "strategy": "fedfoo", "rounds": 2})
+            rejected = _wait_history(op, "bad")
         finally:
             op.close()
             client.request("DELETE", f"/apps/{fl.APP}", "delete")
@@ -44,6 +49,17 @@ def test_short_federated_job_on_the_platform_improves_accuracy(tmp_path: Path) -
     # Every update crossed a WAN link (edge store -> cloud aggregator): the link
     # counters saw at least the encoded updates and broadcast deltas.
     assert run["wan_bytes"] >= run["payload_bytes"] > 0
+    assert rejected["state"] == "failed" and "unknown strategy 'fedfoo'" in rejected["error"]
+
+
+def _wait_history(op: fl.Operator, run: str, timeout: float = 30) -> dict:  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        doc = op.history(run)
+        if doc is not None and doc["state"] in ("done", "failed"):
+            return doc
+        time.sleep(0.5)
+    raise AssertionError(f"no final history for {run} within {timeout} s")
 
 
 @pytest.mark.slow

@@ -44,13 +44,16 @@ def wait_json(path: Path, pred: object, timeout: float = 20.0) -> dict:  # type:
     raise AssertionError(f"{path}: condition not met; last {data}")
 
 
-def test_relay_app_end_to_end(tmp_path: Path, broker: str) -> None:
+@pytest.mark.parametrize("setup_delay", [0.0, 4.0])
+def test_relay_app_end_to_end(tmp_path: Path, broker: str, setup_delay: float) -> None:
+    """With setup_delay, the source sends while the sink is still in its setup: the
+    messages wait in its inbox and on_message sees a set-up component."""
     out = tmp_path / "sink.json"
     members = [Peer(instance="source-0", component="source", site="cloud"),
                Peer(instance="relay-0", component="relay", site="cloud"),
                Peer(instance="sink-0", component="sink", site="cloud")]
     conns = {"source": ["relay"], "relay": ["sink"], "sink": []}
-    params = {"source": {"count": 50}, "sink": {"out": str(out)}}
+    params = {"source": {"count": 50}, "sink": {"out": str(out), "setup_delay": setup_delay}}
     ctrl = ControllerInfo(params={"alpha": 0.9})
 
     def spec(comp: str) -> InstanceSpec:
@@ -68,7 +71,7 @@ def test_relay_app_end_to_end(tmp_path: Path, broker: str) -> None:
         rt.apply([spec("sink"), spec("relay")])
         time.sleep(2.0)  # receivers subscribe before the source starts sending
         rt.apply([spec("sink"), spec("relay"), spec("source")])
-        data = wait_json(out, lambda d: len(d["seen"]) == 50)
+        data = wait_json(out, lambda d: len(d["seen"]) == 50, timeout=20 + setup_delay)
         assert data["seen"] == [i for i in range(50) if i != 3] + ["raw"]  # in order
         assert data["sender"] == "relay"
         assert data["decision"] == "escalate"  # BasicPolicy with alpha 0.9 from params
@@ -80,5 +83,6 @@ def test_relay_app_end_to_end(tmp_path: Path, broker: str) -> None:
         relay = next(s for s in rt.statuses() if s.name == "relay-0")
         assert relay.state == "Running" and relay.restarts == 0
         assert "relay chokes on message 3" in rt.log_path("t", "relay-0").read_text()
+        assert "on_message failed" not in rt.log_path("t", "sink-0").read_text()
     finally:
         rt.close()

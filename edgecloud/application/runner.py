@@ -70,6 +70,7 @@ def main() -> int:
     code = 0
     try:
         comp.setup()
+        comp._start_inbox()  # on_message only once set up (messages wait in the inbox)
         threading.Thread(target=_background, args=(comp, ctx), daemon=True).start()
         if ctx.instance_dir:  # subscribed and set up: the runtime may now say Running
             (Path(ctx.instance_dir) / READY_FILE).touch()

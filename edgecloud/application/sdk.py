@@ -206,13 +206,18 @@ class Component:
 
     # -- runner plumbing --------------------------------------------------------------------
     def _attach(self) -> None:
-        """Subscribe to the inbox and the control topics; start the message worker."""
+        """Subscribe to the inbox and the control topics. Inbox messages queue up until
+        :meth:`_start_inbox` (after `setup`), so `on_message` never sees a half-set-up
+        component and nothing sent meanwhile is lost."""
         c = self.context
         self._mqtt.subscribe(topics.inbox(c.site, c.app, c.instance), self._enqueue)
         for scope in ("global", "local"):
             self._mqtt.subscribe(topics.decisions(c.site, c.app, scope),
                                  lambda m, s=scope: self._on_decisions(s, m))
         self._mqtt.subscribe(topics.commands(c.site, c.app), self._on_command_msg)
+
+    def _start_inbox(self) -> None:
+        """Start delivering queued and new inbox messages to `on_message`."""
         threading.Thread(target=self._work, name="inbox", daemon=True).start()
 
     def _to_message(self, m: WireMessage) -> Message:

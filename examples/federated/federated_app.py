@@ -51,6 +51,10 @@ def _job(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return job
 
 
+class JobRejected(Exception):
+    """A job whose settings cannot run (unknown strategy or compression, bad numbers)."""
+
+
 class Aggregator(Component):
     """Runs FL jobs over the clients that said hello; evaluates on the cloud's test set."""
 
@@ -108,6 +112,12 @@ class Aggregator(Component):
                 continue
             try:
                 self.run_job(job)
+            except JobRejected as exc:  # the user's settings: say what, no traceback
+                self.log.error("federated job rejected", run=job.get("run"), reason=str(exc))
+                self.write_history(job, [], state="failed", error=str(exc))
+                # Not to be resumed after a restart (a saved job from an older version).
+                saved = Path(self.context.instance_dir or ".") / f"fl-{job.get('run')}.job.json"
+                saved.unlink(missing_ok=True)
             except Exception as exc:  # one bad job must not end the aggregator
                 self.log.exception("federated job failed", run=job.get("run"))
                 self.write_history(job, [], state="failed", error=repr(exc))
@@ -121,21 +131,29 @@ class Aggregator(Component):
         from dataclasses import asdict
 
         from edgecloud.ml.training.client import get_weights, set_weights
+        from edgecloud.ml.training.compression import make_compressor
         from edgecloud.ml.training.models import FashionCNN, evaluate
         from edgecloud.ml.training.server import FLServer, NotEnoughClients
         from edgecloud.ml.training.strategy import make_strategy
 
-        run, rounds = str(job["run"]), int(job.get("rounds", 10))
-        min_clients = int(job.get("min_clients", 1))
-        timeout = float(job.get("round_timeout", 120))
-        config = {k: job[k] for k in ("lr", "local_steps", "batch_size", "mu") if k in job}
-        config.update(run=run, seed=int(job.get("seed", 0)),
-                      compression=job.get("compression", "fp32"),
-                      ratio=float(job.get("ratio", 0.01)))
-        strategy_kw: dict[str, Any] = {"min_fit_clients": min_clients, "config": config}
-        if job.get("strategy") == "fedprox":
-            strategy_kw["mu"] = float(job.get("mu", 0.01))
-            config.pop("mu", None)
+        try:  # every setting is checked before anything is saved or sent
+            run, rounds = str(job["run"]), int(job.get("rounds", 10))
+            min_clients = int(job.get("min_clients", 1))
+            timeout = float(job.get("round_timeout", 120))
+            config = {k: job[k] for k in ("lr", "local_steps", "batch_size", "mu") if k in job}
+            config.update(run=run, seed=int(job.get("seed", 0)),
+                          compression=job.get("compression", "fp32"),
+                          ratio=float(job.get("ratio", 0.01)))
+            strategy_kw: dict[str, Any] = {"min_fit_clients": min_clients, "config": config}
+            if job.get("strategy") == "fedprox":
+                strategy_kw["mu"] = float(job.get("mu", 0.01))
+                config.pop("mu", None)
+            strategy = make_strategy(str(job.get("strategy", "fedavg")), **strategy_kw)
+            make_compressor(str(config["compression"]), config["ratio"])
+            if rounds < 1 or min_clients < 1 or timeout <= 0:
+                raise ValueError("rounds, min_clients and round_timeout must be positive")
+        except (TypeError, ValueError) as exc:
+            raise JobRejected(str(exc)) from None
         torch.manual_seed(int(job.get("seed", 0)))
         model = FashionCNN()
 
@@ -146,7 +164,7 @@ class Aggregator(Component):
         ckpt = Path(self.context.instance_dir or ".") / f"fl-{run}.npz"
         saved_job = ckpt.with_suffix(".job.json")
         saved_job.write_text(json.dumps(job))
-        server = FLServer(make_strategy(str(job.get("strategy", "fedavg")), **strategy_kw),
+        server = FLServer(strategy,
                           get_weights(model), compression=config["compression"],
                           ratio=config["ratio"], min_clients=min_clients,
                           down_ratio=float(job["down_ratio"]) if job.get("down_ratio") else None,

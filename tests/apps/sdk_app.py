@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from edgecloud import Component, Message
@@ -24,6 +25,8 @@ class Relay(Component):
 
 class Sink(Component):
     def setup(self) -> None:
+        # A slow setup (loading a model, say): messages arriving meanwhile must wait.
+        time.sleep(float(self.params.get("setup_delay", 0)))
         self.seen: list[object] = []
         self.out = Path(self.params["out"])
 
