@@ -129,6 +129,11 @@ def test_crash_restarts_with_reason_and_bad_payloads_are_survived(run: RunState)
                                      if i["component"] == "crasher" and i["restarts"] >= 1),
                                     None), 40, "crasher restarted")
     assert "cannot open camera /dev/video9" in crasher["reason"]
+    # A UserError from the component (its params are wrong) is the reason, in one line.
+    wrong = wait_for(lambda: next((i for i in app_status(run, "faulty")["instances"]
+                                   if i["component"] == "misconfigured"
+                                   and i["restarts"] >= 1), None), 40, "misconfigured restarted")
+    assert wrong["reason"].endswith("error: unknown model 'resnet9000'"), wrong["reason"]
     tolerant = wait_for(lambda: next((i for i in app_status(run, "faulty")["instances"]
                                       if i["component"] == "tolerant"
                                       and i["state"] == "Running"), None), 30, "tolerant up")

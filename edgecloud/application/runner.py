@@ -76,6 +76,12 @@ def main() -> int:
             (Path(ctx.instance_dir) / READY_FILE).touch()
         comp.run()
         comp.stopped.wait()  # a source whose run() returned keeps serving until stopped
+    except UserError as exc:
+        # A configuration problem the author reported (bad params, missing data): one
+        # line saying what, which also becomes the instance's status reason.
+        log.error("component failed", instance=ctx.instance, error=str(exc))
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        code = 1
     except Exception:
         log.exception("component failed", instance=ctx.instance)
         code = 1

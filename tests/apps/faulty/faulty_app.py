@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from edgecloud import Component, Message
+from edgecloud.errors import UserError
 
 
 class Crasher(Component):
     def setup(self) -> None:
         raise RuntimeError(f"cannot open camera {self.params['device']}")
+
+
+class Misconfigured(Component):
+    def setup(self) -> None:
+        raise UserError(f"unknown model {self.params['model']!r}")
 
 
 class Tolerant(Component):
