@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from edgecloud.cli.common import console  # full-width tables in logs too
 from edgecloud.ml.compression.report import CompressionReport, Settings, compress
 from edgecloud.units import format_bytes
 
@@ -99,7 +100,6 @@ def main() -> None:
     torch.set_num_threads(max(1, args.threads))
     settings = (Settings(test_limit=2000, frames=100, latency_runs=20, distill_epochs=0.5)
                 if args.quick else Settings())
-    console = Console(width=None if Console().is_terminal else 120)  # full table in logs
     reports = run_all(settings, console)
     console.print(summary_table(reports))
     verdicts = int8_verdicts(reports)

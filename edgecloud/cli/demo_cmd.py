@@ -59,8 +59,9 @@ def video_query(
         query_classes(query)
     except KeyError as exc:
         raise UserError(f"--query: {exc.args[0]}") from None
-    if not 1 <= cameras <= testbed_cameras():
-        raise UserError(f"--cameras must be 1..{testbed_cameras()} (the ACE testbed's camera "
+    available = testbed_cameras()
+    if not 1 <= cameras <= available:
+        raise UserError(f"--cameras must be 1..{available} (the ACE testbed's camera "
                         f"nodes), not {cameras}")
     if run_seconds is not None and run_seconds <= 0:
         raise UserError(f"--run-seconds must be > 0, not {run_seconds:g}")
@@ -141,4 +142,4 @@ def edge_training(
     _teardown_on_sigterm()
     kw = {"compression": compression, "json_path": json_path, "plots_dir": plots,
           "platform": not processes, "home": home}
-    run_demo(Settings.quick_settings(**kw) if quick else Settings(**kw), console)
+    run_demo(_settings(Settings, quick, **kw), console)

@@ -36,8 +36,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,15 +177,13 @@ class _Platform:
         self.client.close()
 
 
-@contextmanager
-def infrastructure(settings: Settings, console: Console) -> Iterator[Any]:
+def infrastructure(settings: Settings, console: Console) -> AbstractContextManager[Any]:
     """`edgecloud up` of examples/edge_training/infra.yaml in a temp (or the given) home."""
     from edgecloud.demos.infra import embedded_infrastructure, examples_dir
 
-    with embedded_infrastructure(examples_dir("edge_training") / "infra.yaml", settings.home,
-                                 "the cloud and an edge site of 4 devices", console,
-                                 prefix="edgecloud-dp-") as state:
-        yield state
+    return embedded_infrastructure(examples_dir("edge_training") / "infra.yaml", settings.home,
+                                  "the cloud and an edge site of 4 devices", console,
+                                  prefix="edgecloud-dp-")
 
 
 class _Job:

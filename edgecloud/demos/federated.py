@@ -14,8 +14,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,13 +68,11 @@ class Settings:
         return cls(**{**base, **{k: v for k, v in kw.items() if v is not None}})
 
 
-@contextmanager
-def infrastructure(settings: Settings, console: Console) -> Iterator[RunState]:
+def infrastructure(settings: Settings, console: Console) -> AbstractContextManager[RunState]:
     """The cloud and three edge sites, each with one client node, for the block."""
-    with embedded_infrastructure(examples_dir("federated") / "sites.yaml", settings.home,
-                                 "the cloud and three edge sites", console,
-                                 prefix="edgecloud-fl-") as state:
-        yield state
+    return embedded_infrastructure(examples_dir("federated") / "sites.yaml", settings.home,
+                                  "the cloud and three edge sites", console,
+                                  prefix="edgecloud-fl-")
 
 
 def deploy(state: RunState, settings: Settings, workdir: Path) -> PlatformClient:

@@ -20,8 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,13 +68,11 @@ class Settings:
         return cls(**{**base, **{k: v for k, v in kw.items() if v is not None}})
 
 
-@contextmanager
-def infrastructure(settings: Settings, console: Console) -> Iterator[RunState]:
+def infrastructure(settings: Settings, console: Console) -> AbstractContextManager[RunState]:
     """`edgecloud up` of examples/partition/infra.yaml in a temp (or the given) home."""
-    with embedded_infrastructure(examples_dir("partition") / "infra.yaml", settings.home,
-                                 "a cloud node and an edge device", console,
-                                 prefix="edgecloud-part-") as state:
-        yield state
+    return embedded_infrastructure(examples_dir("partition") / "infra.yaml", settings.home,
+                                  "a cloud node and an edge device", console,
+                                  prefix="edgecloud-part-")
 
 
 def deploy(state: RunState, workdir: Path, params: dict[str, Any],

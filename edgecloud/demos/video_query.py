@@ -16,8 +16,7 @@ import json
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,12 +82,10 @@ class RunResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-@contextmanager
-def infrastructure(settings: Settings, console: Console) -> Iterator[RunState]:
-    with embedded_infrastructure(ace_testbed(settings.cameras), settings.home,
-                                 f"the ACE testbed ({settings.cameras} cameras)", console,
-                                 prefix="edgecloud-vq-") as state:
-        yield state
+def infrastructure(settings: Settings, console: Console) -> AbstractContextManager[RunState]:
+    return embedded_infrastructure(ace_testbed(settings.cameras), settings.home,
+                                  f"the ACE testbed ({settings.cameras} cameras)", console,
+                                  prefix="edgecloud-vq-")
 
 
 def train_edge_model(settings: Settings, console: Console, out: Path) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from edgecloud.ml.compression.measure import (
 )
 from edgecloud.ml.compression.models import fashion_student, load_or_train_fashion_cnn
 from edgecloud.ml.compression.onnx_export import (
+    OnnxCheck,
     OnnxPredictor,
     export_onnx,
     quantize_onnx_int8,
@@ -161,11 +162,13 @@ def clip_crops(n: int, seed: int = 0) -> list[Any]:
         except FileNotFoundError as exc:
             raise UserError(f"efficientnet-lite0 needs the video clips: {exc}") from None
         window: list[Any] = []
+        detector: FrameDifferencer | None = None
         for _idx, _ts, frame in source:
-            window.append(frame)
-            if len(window) == 3:
+            if detector is None:  # one per clip, its area threshold scaled to the frame
                 h, w = frame.shape[:2]
                 detector = FrameDifferencer(min_area=4096 * h * w / (1920 * 1080))
+            window.append(frame)
+            if len(window) == 3:
                 found.extend(detector.detect(*window)[0])
                 window = []
     keep = np.random.default_rng(seed).permutation(len(found))[:n]
@@ -273,23 +276,25 @@ def _fashion(method: str, s: Settings, say: Step, work: Path,
     return report
 
 
-def _onnx_rows(model: nn.Module, probe: torch.Tensor, path: Path,
-               row: Callable[..., Row], say: Step) -> None:
+def _export_checked(model: nn.Module, probe: torch.Tensor, path: Path, say: Step) -> OnnxCheck:
     say("exporting to ONNX and checking with onnxruntime")
     check = export_onnx(model, probe, path)
     if not check.ok:
         raise RuntimeError(f"ONNX outputs differ from PyTorch by {check.max_abs_diff:.2e} "
                            f"(atol {check.atol}, rtol {check.rtol})")
+    return check
+
+
+def _onnx_rows(model: nn.Module, probe: torch.Tensor, path: Path,
+               row: Callable[..., Row], say: Step) -> None:
+    check = _export_checked(model, probe, path, say)
     row("onnx (onnxruntime)", OnnxPredictor(check.path), check.bytes, None,
         f"max |diff| {check.max_abs_diff:.1e}")
 
 
 def _onnx_int8_row(model: nn.Module, probe: torch.Tensor, calibration: list[torch.Tensor],
                    path: Path, row: Callable[..., Row], say: Step) -> None:
-    say("exporting to ONNX")
-    check = export_onnx(model, probe, path)
-    if not check.ok:
-        raise RuntimeError(f"ONNX outputs differ from PyTorch by {check.max_abs_diff:.2e}")
+    check = _export_checked(model, probe, path, say)
     say(f"onnxruntime static int8 ({len(calibration)} calibration samples)")
     q = quantize_onnx_int8(check.path, calibration, path.with_name(path.stem + "-int8.onnx"))
     row("int8-onnx (onnxruntime)", OnnxPredictor(q), q.stat().st_size, None,

@@ -67,11 +67,10 @@ class ImageSet:
         """``(x, y)`` torch tensors: x (N, 1, 28, 28) float32 normalised, y (N,) int64."""
         import torch
 
-        # torch.as_tensor copies read-only (memory-mapped) arrays instead of warning.
-        x = torch.as_tensor(np.array(self.images, copy=not self.images.flags.writeable))
+        # np.require copies only read-only (memory-mapped) arrays, which torch warns about.
+        x = torch.from_numpy(np.require(self.images, requirements="W"))
         x = x.float().div_(255.0).sub_(PIXEL_MEAN).div_(PIXEL_STD).unsqueeze(1)
-        labels = np.array(self.labels, copy=not self.labels.flags.writeable)
-        return x, torch.as_tensor(labels)
+        return x, torch.from_numpy(np.require(self.labels, requirements="W"))
 
 
 def dataset_dir() -> Path:
