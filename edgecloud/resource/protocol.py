@@ -124,6 +124,9 @@ class Heartbeat(StrictModel):
                                 "last heartbeat")
     interval_s: float | None = Field(
         None, gt=0, description="the agent's heartbeat interval, if not the platform's")
+    problems: list[str] = Field(
+        default=[], description="what the agent could not do since it last succeeded "
+                                "(e.g. an assignment it failed to apply), newest last")
 
 
 class HeartbeatResponse(BaseModel):
