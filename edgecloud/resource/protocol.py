@@ -132,6 +132,10 @@ class Heartbeat(StrictModel):
 class HeartbeatResponse(BaseModel):
     revision: int = Field(description="the node's current assignment revision")
     server_time: datetime
+    broker: str | None = Field(None, description="the node's site broker as registered now "
+                                                 "(it changes when the site's services move)")
+    files: str | None = Field(None, description="the node's site file server as registered "
+                                                "now")
 
 
 class Assignment(BaseModel):
