@@ -182,6 +182,8 @@ class Testbed:
     """A running embedded infrastructure as a demo drives it: its run state, the library
     client of its platform (admin) and its WAN links."""
 
+    __test__ = False  # a testbed, not a pytest test class
+
     state: RunState
     client: Client
     links: WanLinks
