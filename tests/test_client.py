@@ -151,3 +151,14 @@ def test_deploy_validates_against_the_running_infrastructure(ec: Client,
     topo.write_text(topo.read_text().replace("site: cloud}", "site: ec-9}"))
     with pytest.raises(FileValidationError, match=r"spec\.components\[1\]\.site.*ec-9"):
         ec.deploy(topo)
+
+
+def test_readme_example_runs(run: RunState, ec: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README's library-client snippet, as written, against this run (home substituted)."""
+    root = Path(__file__).resolve().parents[1]
+    blocks = re.findall(r"```python\n(.*?)```", (root / "README.md").read_text(), re.S)
+    snippet = next(b for b in blocks if "Client.from_home" in b)
+    monkeypatch.chdir(root)  # its paths are relative to the repository
+    exec(compile(snippet.replace('".edgecloud"', repr(str(run.home))), "README.md", "exec"),
+         {})
+    assert "relay-demo" not in {a.name for a in ec.apps()}  # it deleted what it deployed
