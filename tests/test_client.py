@@ -16,7 +16,7 @@ from edgecloud.client import AppFailed, AppNotRunning, Client
 from edgecloud.errors import FileValidationError
 from edgecloud.resource.protocol import PlatformError
 from edgecloud.resource.state import RunState
-from tests.support import embedded_run, wait_for
+from tests.support import cli, embedded_run, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -88,6 +88,21 @@ def test_command_for_an_unknown_app_or_site(ec: Client, recorder: str) -> None:
     with pytest.raises(PlatformError, match="unknown site.*'ec-7'") as err:
         ec.send_command(recorder, "note", sites=["ec-7"])
     assert err.value.status == 422
+
+
+def test_cli_app_command(run: RunState, ec: Client, recorder: str) -> None:
+    r = cli("app", "command", recorder, "note", "-c", "archive", "text=from-cli", "n=2",
+            'xs=[1, "a"]', "--home", str(run.home))
+    assert "sent 'note' to archive of recorder at cloud, ec-1, ec-2" in r.stdout
+    got = wait_for(lambda: commands_logged(ec, recorder, "from-cli"), 30, "the CLI's command")
+    assert got == {"archive-0": [
+        'command note at cloud: {"n": 2, "text": "from-cli", "xs": [1, "a"]}']}
+    bad = cli("app", "command", recorder, "note", "oops", "--home", str(run.home), check=False)
+    assert bad.returncode != 0 and "expected KEY=VALUE" in bad.stderr
+    bad = cli("app", "command", recorder, "note", "--site", "mars", "--home", str(run.home),
+              check=False)
+    assert bad.returncode != 0 and "unknown site(s) 'mars'" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 def test_wait_running_names_failed_instances_and_their_reasons(ec: Client) -> None:
