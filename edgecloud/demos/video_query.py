@@ -336,8 +336,8 @@ def plot(out: dict[str, Any], plots_dir: Path) -> list[Path]:
                 pts = sorted((1 / r["interval"], r[metric]) for r in out["runs"]
                              if r["mode"] == mode and r["delay_ms"] == delay)
                 if pts:
-                    xs, ys = zip(*pts, strict=True)
-                    ys = [y / 1e6 for y in ys] if metric == "wan_bytes" else list(ys)
+                    xs, values = zip(*pts, strict=True)
+                    ys = [y / 1e6 for y in values] if metric == "wan_bytes" else list(values)
                     ax.plot(xs, ys, marker="o", label=mode)
             ax.set_title(f"{delay:g} ms one-way delay")
             ax.set_xlabel("load (samples per second per camera)")
