@@ -66,8 +66,7 @@ def main() -> None:
         out = json.loads(args.from_json.read_text())
     else:
         kw: dict[str, Any] = {"int8": args.int8, "early_exit": False, "json_path": args.json}
-        settings = Settings.quick_settings(**kw) if args.quick else Settings(**kw)
-        out = run_demo(settings, console)
+        out = run_demo(Settings.from_options(args.quick, **kw), console)
     print_ratios(out, console)
 
 

@@ -17,6 +17,7 @@ from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 
 from edgecloud.demos import federated as fl  # noqa: E402
+from edgecloud.demos.infra import Testbed, deployed  # noqa: E402
 from edgecloud.ml.training.data import dataset_dir  # noqa: E402
 
 
@@ -26,20 +27,14 @@ def test_short_federated_job_on_the_platform_improves_accuracy(tmp_path: Path) -
     settings = fl.Settings(rounds=3, local_steps=15, lr=0.03, alpha=1.0, train_limit=3000,
                            test_limit=500, round_timeout=60, home=tmp_path / "home")
     console = Console(width=160)
-    with fl.infrastructure(settings, console) as state, tempfile.TemporaryDirectory() as tmp:
-        client = fl.deploy(state, settings, Path(tmp))
-        op = fl.Operator(state)
-        try:
-            with Progress(console=console, disable=True) as bar:
-                run = fl.run_job(op, settings, "int8", bar, console)
-            # A job with settings that cannot run is rejected with the reason; the
-            # aggregator stays up for the next one.
-            op.start({"run": "bad", "strategy": "fedfoo", "rounds": 2})
-            rejected = _wait_history(op, "bad")
-        finally:
-            op.close()
-            client.request("DELETE", f"/apps/{fl.APP}", "delete")
-            client.close()
+    with fl.infrastructure(settings, console) as tb, tempfile.TemporaryDirectory() as tmp, \
+            deployed(tb.client, fl.app_file(settings, Path(tmp))):
+        with Progress(console=console, disable=True) as bar:
+            run = fl.run_job(tb, settings, "int8", bar, console)
+        # A job with settings that cannot run is rejected with the reason; the
+        # aggregator stays up for the next one.
+        fl.start_job(tb, {"run": "bad", "strategy": "fedfoo", "rounds": 2})
+        rejected = _wait_history(tb, "bad")
     assert run["rounds"] == 3 and run["dropped"] == 0
     acc = run["accuracy_per_round"]
     # An untrained model is at chance (~0.1); three rounds of 15 steps on three sites
@@ -52,10 +47,10 @@ def test_short_federated_job_on_the_platform_improves_accuracy(tmp_path: Path) -
     assert rejected["state"] == "failed" and "unknown strategy 'fedfoo'" in rejected["error"]
 
 
-def _wait_history(op: fl.Operator, run: str, timeout: float = 30) -> dict:  # type: ignore[type-arg]
+def _wait_history(tb: Testbed, run: str, timeout: float = 30) -> dict:  # type: ignore[type-arg]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        doc = op.history(run)
+        doc = fl.history(tb, run)
         if doc is not None and doc["state"] in ("done", "failed"):
             return doc
         time.sleep(0.5)
@@ -75,17 +70,11 @@ def test_client_and_aggregator_dying_do_not_stop_the_job(tmp_path: Path) -> None
                            client_params={"crash": {"round": 2, "index": 1}},
                            aggregator_params={"crash_after_round": 2})
     console = Console(width=160)
-    with fl.infrastructure(settings, console) as state, tempfile.TemporaryDirectory() as tmp:
-        client = fl.deploy(state, settings, Path(tmp))
-        op = fl.Operator(state)
-        try:
-            with Progress(console=console, disable=True) as bar:
-                run = fl.run_job(op, settings, "fp32", bar, console)
-            doc = op.history(run["run"])
-        finally:
-            op.close()
-            client.request("DELETE", f"/apps/{fl.APP}", "delete")
-            client.close()
+    with fl.infrastructure(settings, console) as tb, tempfile.TemporaryDirectory() as tmp, \
+            deployed(tb.client, fl.app_file(settings, Path(tmp))):
+        with Progress(console=console, disable=True) as bar:
+            run = fl.run_job(tb, settings, "fp32", bar, console)
+        doc = fl.history(tb, run["run"])
     rounds = doc["rounds"]
     assert doc["resumed_from"] == 2
     assert [r["round"] for r in rounds] == [1, 2, 3]

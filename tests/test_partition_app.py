@@ -16,7 +16,7 @@ import torch
 from rich.console import Console
 
 from edgecloud.demos import partition as demo
-from edgecloud.resource.state import RunState
+from edgecloud.demos.infra import Testbed, deployed
 
 torch.set_num_threads(1)
 
@@ -24,26 +24,24 @@ torch.set_num_threads(1)
 def test_head_and_tail_on_the_platform(tmp_path: Path) -> None:
     settings = demo.Settings(home=tmp_path / "home")
     console = Console(width=160)
-    with demo.infrastructure(settings, console) as state, tempfile.TemporaryDirectory() as tmp:
+    with demo.infrastructure(settings, console) as tb, tempfile.TemporaryDirectory() as tmp:
         # Tensors over 20 kB go through the file service (block1_0's 50 kB does).
-        client = demo.deploy(state, Path(tmp), {"model": "small_cnn", "cuts": "all",
-                                                "file_threshold_bytes": 20_000,
-                                                "profile_repeats": 2})
-        drv = demo.Driver(state)
-        try:
-            ready = drv.wait_ready(timeout=120)
-            cuts = ready["edge_profile"]["cuts"]
-            assert [c["node"] for c in cuts][:2] == ["x", "block1_0"]
-            assert ready["edge_profile"]["speed"] == 0.1  # the device's declared factor
-            assert ready["cloud_profile"]["speed"] == 1.0
-            drv.set_rate(5)
-            runs = {k: drv.run(k, 1)[0][0] for k in (0, 1, 6, len(cuts) - 1)}
-            auto, done = drv.run("auto", 3, probes=1)
-        finally:
-            drv.close()
-            client.request("DELETE", f"/apps/{demo.APP}", "delete")
-            client.close()
-        ee = early_exit_runs(state, Path(tmp))
+        topo = demo.app_file(Path(tmp), {"model": "small_cnn", "cuts": "all",
+                                         "file_threshold_bytes": 20_000, "profile_repeats": 2})
+        with deployed(tb.client, topo):
+            drv = demo.Driver(tb)
+            try:
+                ready = drv.wait_ready(timeout=120)
+                drv.set_rate(5)
+                cuts = ready["edge_profile"]["cuts"]
+                runs = {k: drv.run(k, 1)[0][0] for k in (0, 1, 6, len(cuts) - 1)}
+                auto, done = drv.run("auto", 3, probes=1)
+            finally:
+                drv.close()
+        ee = early_exit_runs(tb, Path(tmp))
+    assert [c["node"] for c in cuts][:2] == ["x", "block1_0"]
+    assert ready["edge_profile"]["speed"] == 0.1  # the device's declared factor
+    assert ready["cloud_profile"]["speed"] == 1.0
     # Threshold 0: nothing exits on the edge; huge: everything does, nothing crosses.
     assert not any(r["exited"] for r in ee[0.0]) and all(r["bytes"] > 0 for r in ee[0.0])
     assert all(r["exited"] and r["bytes"] == 0 for r in ee[1e9])
@@ -66,24 +64,22 @@ def test_head_and_tail_on_the_platform(tmp_path: Path) -> None:
     assert all(0 <= r["cut"] < len(cuts) for r in auto)
 
 
-def early_exit_runs(state: RunState, workdir: Path) -> dict[float, list[dict[str, Any]]]:
+def early_exit_runs(tb: Testbed, workdir: Path) -> dict[float, list[dict[str, Any]]]:
     """The early-exit CNN (untrained weights, shipped by reference) at two thresholds."""
     from edgecloud.ml.inference.early_exit import EarlyExitCNN
-    from edgecloud.resource.files import FileClient
 
     torch.manual_seed(0)
-    ref = FileClient(state.cloud.files.url("http"), "cloud").put(EarlyExitCNN().to_bytes())
+    ref = tb.files().put(EarlyExitCNN().to_bytes())
     app = "partition-ee"
-    client = demo.deploy(state, workdir, {"model": "early_exit_cnn",
-                                          "weights": ref.model_dump()}, app=app)
-    drv = demo.Driver(state, app=app)
-    try:
-        drv.wait_ready(timeout=120)
-        return {t: drv.run(1, 4, exit_threshold=t)[0] for t in (0.0, 1e9)}
-    finally:
-        drv.close()
-        client.request("DELETE", f"/apps/{app}", "delete")
-        client.close()
+    topo = demo.app_file(workdir, {"model": "early_exit_cnn", "weights": ref.model_dump()},
+                         app=app)
+    with deployed(tb.client, topo):
+        drv = demo.Driver(tb, app=app)
+        try:
+            drv.wait_ready(timeout=120)
+            return {t: drv.run(1, 4, exit_threshold=t)[0] for t in (0.0, 1e9)}
+        finally:
+            drv.close()
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ pytest.importorskip("torch")
 from rich.console import Console  # noqa: E402
 
 from edgecloud.demos import video_query as vq  # noqa: E402
-from edgecloud.resource.files import FileClient  # noqa: E402
+from edgecloud.demos.infra import deployed  # noqa: E402
 
 
 def test_short_run_stores_results_for_every_mode(tmp_path: Path) -> None:
@@ -36,19 +36,12 @@ def test_short_run_stores_results_for_every_mode(tmp_path: Path) -> None:
     EdgeClassifier(EdgeNet(), "car").save(model)
     settings = vq.Settings(cameras=2, run_s=8.0, drain_s=45.0, home=tmp_path / "home")
     console = Console(width=160)
-    with vq.infrastructure(settings, console) as state, tempfile.TemporaryDirectory() as tmp:
-        cloud = FileClient(state.cloud.files.url("http"), "cloud")
-        ref = cloud.put(model, key="models/eoc-test.bin")
-        db = Path(state.home) / "results.sqlite"
-        client = vq.deploy(state, settings, ref.model_dump(), db, Path(tmp))
-        op = vq.Operator(state)
-        try:
-            runs = [vq.run_once(op, state, settings, db, mode, 0.3, 0.0)
-                    for mode in ("CI", "ECCI")]
-        finally:
-            op.close()
-            client.request("DELETE", f"/apps/{vq.APP}", "delete")
-            client.close()
+    with vq.infrastructure(settings, console) as tb, tempfile.TemporaryDirectory() as tmp:
+        ref = tb.files().put(model, key="models/eoc-test.bin")
+        db = tb.home / "results.sqlite"
+        with deployed(tb.client, vq.app_file(settings, ref.model_dump(), db, Path(tmp))):
+            runs = [vq.run_once(tb, settings, db, mode, 0.3, 0.0) for mode in ("CI", "ECCI")]
+        assert vq.APP not in {a.name for a in tb.client.apps()}  # deleted at the end
     ci, ecci = runs
     for run in runs:
         assert run.crops, f"{run.mode}: OD extracted no crops"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from edgecloud.cli.common import console, user_errors
+from edgecloud.demos.harness import launch
 from edgecloud.errors import UserError
 
 app = typer.Typer(no_args_is_help=True)
@@ -18,17 +18,6 @@ JsonOption = Annotated[Path | None, typer.Option("--json", help="Write results h
 PlotsOption = Annotated[Path | None, typer.Option("--plots", help="Write PNG plots here")]
 HomeOption = Annotated[Path | None, typer.Option(
     "--home", help="Keep the run's state here (default: a temp dir)")]
-
-
-def _teardown_on_sigterm() -> None:
-    """SIGTERM unwinds like Ctrl-C, so a demo always tears its infrastructure down."""
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-
-
-def _settings(cls: Any, quick: bool, **kw: Any) -> Any:
-    """A demo's Settings: its quick preset, or its defaults with the options given."""
-    return cls.quick_settings(**kw) if quick else cls(
-        **{k: v for k, v in kw.items() if v is not None})
 
 
 @app.command("video-query")
@@ -65,18 +54,14 @@ def video_query(
                         f"nodes), not {cameras}")
     if run_seconds is not None and run_seconds <= 0:
         raise UserError(f"--run-seconds must be > 0, not {run_seconds:g}")
-    _teardown_on_sigterm()
     from edgecloud.units import parse_rate
 
     try:
         uplink_bps = parse_rate(uplink) if uplink is not None else None
     except ValueError as exc:
         raise UserError(f"--uplink: {exc}") from None
-    kw = {"query": query, "cameras": cameras, "home": home, "json_path": json_path,
-          "plots_dir": plots, "uplink_bps": uplink_bps}
-    if run_seconds is not None:
-        kw["run_s"] = run_seconds
-    run_demo(_settings(Settings, quick, **kw), console)
+    launch(Settings, run_demo, quick, console, query=query, cameras=cameras, home=home,
+           json_path=json_path, plots_dir=plots, uplink_bps=uplink_bps, run_s=run_seconds)
 
 
 @app.command("partition")
@@ -93,9 +78,8 @@ def partition(
     """DNN partitioning: EfficientNet-Lite0 split edge/cloud across WAN rates 1-100 Mbit/s."""
     from edgecloud.demos.partition import Settings, run_demo
 
-    _teardown_on_sigterm()
-    kw = {"int8": int8, "home": home, "json_path": json_path, "plots_dir": plots}
-    run_demo(_settings(Settings, quick, **kw), console)
+    launch(Settings, run_demo, quick, console, int8=int8, home=home, json_path=json_path,
+           plots_dir=plots)
 
 
 @app.command("federated")
@@ -113,10 +97,8 @@ def federated(
 
     if rounds is not None and rounds < 1:
         raise UserError(f"--rounds must be >= 1, not {rounds}")
-
-    _teardown_on_sigterm()
-    kw = {"rounds": rounds, "home": home, "json_path": json_path, "plots_dir": plots}
-    run_demo(_settings(Settings, quick, **kw), console)
+    launch(Settings, run_demo, quick, console, rounds=rounds, home=home, json_path=json_path,
+           plots_dir=plots)
 
 
 @app.command("edge-training")
@@ -139,7 +121,5 @@ def edge_training(
 
     if compression not in ("fp32", "int8", "topk"):
         raise UserError(f"--compression must be fp32, int8 or topk, not {compression!r}")
-    _teardown_on_sigterm()
-    kw = {"compression": compression, "json_path": json_path, "plots_dir": plots,
-          "platform": not processes, "home": home}
-    run_demo(_settings(Settings, quick, **kw), console)
+    launch(Settings, run_demo, quick, console, compression=compression, json_path=json_path,
+           plots_dir=plots, platform=not processes, home=home)

@@ -29,23 +29,25 @@ restarts the workers.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import statistics
 import subprocess
 import tempfile
-import time
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
+from edgecloud.demos.harness import DemoSettings, progress, pyplot, run_and_report, save_figure
 from edgecloud.errors import UserError
+
+if TYPE_CHECKING:
+    from edgecloud.demos.infra import Testbed
 
 APP = "edge-training"
 SPEED_NOTE = ("Device speeds are emulated: a worker of speed s sleeps so that a sample takes "
@@ -55,7 +57,11 @@ SPEED_NOTE = ("Device speeds are emulated: a worker of speed s sleeps so that a 
 
 
 @dataclass
-class Settings:
+class Settings(DemoSettings):
+    QUICK: ClassVar[dict[str, Any]] = {"block": 8, "blocks": 4, "kill_after": 6,
+                                       "join_steps": 10, "after_restart": 8,
+                                       "train_size": 20000}
+
     quick: bool = False
     speeds: tuple[float, ...] = (1.0, 1.0, 1 / 3)
     sample_ms: float = 20.0
@@ -74,12 +80,6 @@ class Settings:
     platform: bool = True      # workers as components on the embedded infrastructure
     home: Path | None = None   # of that infrastructure (default: a temp dir)
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def quick_settings(cls, **kw: Any) -> Settings:
-        base: dict[str, Any] = {"quick": True, "block": 8, "blocks": 4, "kill_after": 6,
-                                "join_steps": 10, "after_restart": 8, "train_size": 20000}
-        return cls(**{**base, **{k: v for k, v in kw.items() if v is not None}})
 
     def check(self) -> None:
         if len(self.speeds) < 2 or min(self.speeds) <= 0:
@@ -127,15 +127,12 @@ class _Platform:
     """Workers as components on the embedded infrastructure (examples/edge_training): one
     per edge node labelled dp-worker; the spare node's worker is deployed mid-training."""
 
-    def __init__(self, settings: Settings, workdir: Path, state: Any) -> None:
-        from edgecloud.demos.infra import platform_client
-
-        self.s, self.workdir, self.state = settings, workdir, state
-        self.client = platform_client(state)
+    def __init__(self, settings: Settings, workdir: Path, tb: Testbed) -> None:
+        self.s, self.workdir, self.client = settings, workdir, tb.client
         self.apps: list[str] = []
 
     def _deploy(self, app: str, address: tuple[str, int], labels: dict[str, str]) -> None:
-        from edgecloud.demos.infra import copy_example_app, deploy_app
+        from edgecloud.demos.infra import copy_example_app
 
         def edit(topo: dict[str, Any]) -> None:
             topo["metadata"]["name"] = app
@@ -148,11 +145,9 @@ class _Platform:
 
         topo_file = copy_example_app("edge_training", self.workdir / app, "edge_training.yaml",
                                      edit, "infra.yaml")
-        deploy_app(self.state, topo_file, app, self.client, wait=False)
+        # No waiting: the workers join the coordinator, which waits for them.
+        self.client.deploy(topo_file)
         self.apps.append(app)
-
-    def instances(self, app: str) -> list[dict[str, Any]]:
-        return list(self.client.request("GET", f"/apps/{app}", "status")["instances"])
 
     def start(self, address: tuple[str, int]) -> None:
         self._deploy(APP, address, {"dp-worker": "true"})
@@ -160,9 +155,9 @@ class _Platform:
     def kill(self, coord: Any) -> str:
         # The worker on ec-1-b (speed 1): SIGKILL its process, as a device losing power.
         # Its agent restarts it (back-off 1 s), so it later rejoins under the same name.
-        victim = next(i for i in self.instances(APP) if i["node"] == "ec-1-b")
-        os.kill(int(coord.workers[victim["name"]].pid), signal.SIGKILL)
-        return str(victim["name"])
+        victim = next(i for i in self.client.app(APP).instances if i.node == "ec-1-b")
+        os.kill(int(coord.workers[victim.name].pid), signal.SIGKILL)
+        return victim.name
 
     def add(self, address: tuple[str, int]) -> str:
         self._deploy(f"{APP}-spare", address, {"dp-spare": "true"})
@@ -171,13 +166,12 @@ class _Platform:
     def close(self) -> None:
         for app in self.apps:
             try:
-                self.client.request("DELETE", f"/apps/{app}", "delete")
-            except Exception:  # the infrastructure is torn down right after anyway
+                self.client.delete(app)
+            except UserError:  # the infrastructure is torn down right after anyway
                 pass
-        self.client.close()
 
 
-def infrastructure(settings: Settings, console: Console) -> AbstractContextManager[Any]:
+def infrastructure(settings: Settings, console: Console) -> AbstractContextManager[Testbed]:
     """`edgecloud up` of examples/edge_training/infra.yaml in a temp (or the given) home."""
     from edgecloud.demos.infra import embedded_infrastructure, examples_dir
 
@@ -241,28 +235,31 @@ def _throughput(steps: list[Any], policy: str, skip_first_block: int) -> float:
 
 def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
     """Run the demo, print tables, write JSON/plots; returns the JSON document."""
+    settings.check()
+    return run_and_report(settings, console, lambda: experiment(settings, console),
+                          print_tables, plot)
+
+
+def experiment(settings: Settings, console: Console) -> dict[str, Any]:
+    """The job: equal/aware blocks, a killed and a joining worker, a coordinator restart."""
     import torch
 
     from edgecloud.ml.training.data import load_split
     from edgecloud.ml.training.edge_dp import Coordinator
 
-    settings.check()
     torch.set_num_threads(1)
-    t0 = time.monotonic()
     workdir = settings.workdir or Path(tempfile.mkdtemp(prefix="edgecloud-dp-"))
     workdir.mkdir(parents=True, exist_ok=True)
     s = settings
     total = s.block * s.blocks + s.kill_after + 40 + s.after_restart
     with ExitStack() as stack:
         if s.platform:
-            state = stack.enter_context(infrastructure(s, console))
-            launcher: Any = _Platform(s, workdir, state)
+            tb = stack.enter_context(infrastructure(s, console))
+            launcher: Any = _Platform(s, workdir, tb)
         else:
             launcher = _Processes(s, workdir)
         stack.callback(launcher.close)
-        bar = stack.enter_context(Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=console))
+        bar = stack.enter_context(progress(console, MofNCompleteColumn()))
         task = bar.add_task("data-parallel job: equal/aware blocks, kill, join", total=total)
         job = _Job(s, workdir, launcher, bar, task)
         stack.callback(lambda: job.coord.close())
@@ -290,16 +287,7 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
     steps_before = [r for r in first.steps if r.step < resumed_at]
     timeline = steps_before + final.steps
     skip = s.block  # the first (equal) block also warms the rate estimates up
-    out = _summary(s, first, final, timeline, events, skip, crash_step, resumed_at, acc)
-    out["elapsed_s"] = time.monotonic() - t0
-    print_tables(out, console)
-    if s.json_path:
-        s.json_path.parent.mkdir(parents=True, exist_ok=True)
-        s.json_path.write_text(json.dumps(out, indent=2))
-    if s.plots_dir:
-        for p in plot(out, s.plots_dir):
-            console.print(f"wrote {p}")
-    return out
+    return _summary(s, first, final, timeline, events, skip, crash_step, resumed_at, acc)
 
 
 def _summary(s: Settings, first: Any, final: Any, timeline: list[Any],
@@ -376,12 +364,7 @@ def print_tables(out: dict[str, Any], console: Console) -> None:
 
 def plot(out: dict[str, Any], plots_dir: Path) -> list[Path]:
     """Loss per step with membership events; shares per worker per step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plots_dir.mkdir(parents=True, exist_ok=True)
+    plt = pyplot(plots_dir)
     losses = out["loss_per_step"]
     marks = {"kill": ("red", "killed"), "join": ("green", "join"),
              "restart": ("purple", "coordinator restart")}
@@ -406,10 +389,7 @@ def plot(out: dict[str, Any], plots_dir: Path) -> list[Path]:
     ax.set_title(f"edge data-parallel training: equal {out['equal_images_per_s']:.0f} vs aware "
                  f"{out['aware_images_per_s']:.0f} images/s (emulated speeds)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    p1 = plots_dir / "edge_training_loss.png"
-    fig.savefig(p1, dpi=120)
-    plt.close(fig)
+    p1 = save_figure(fig, plots_dir / "edge_training_loss.png", dpi=120)
     names = sorted({n for sh in out["shares_per_step"] for n in sh})
     fig, ax = plt.subplots(figsize=(9, 3.5))
     ax.stackplot(range(len(losses)), *[[sh.get(n, 0) for sh in out["shares_per_step"]]
@@ -418,8 +398,4 @@ def plot(out: dict[str, Any], plots_dir: Path) -> list[Path]:
     ax.set_ylabel("samples of the global batch")
     ax.set_title("share of each worker (one 3x slower; one killed, one joins)")
     ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
-    p2 = plots_dir / "edge_training_shares.png"
-    fig.savefig(p2, dpi=120)
-    plt.close(fig)
-    return [p1, p2]
+    return [p1, save_figure(fig, plots_dir / "edge_training_shares.png", dpi=120)]

@@ -17,31 +17,30 @@ import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
-from edgecloud.application import topics
+from edgecloud.application.messages import ControllerCommand
+from edgecloud.demos.harness import DemoSettings, progress, pyplot, run_and_report, save_figure
 from edgecloud.demos.infra import (
+    Testbed,
     copy_example_app,
-    deploy_app,
+    deployed,
     embedded_infrastructure,
     examples_dir,
 )
 from edgecloud.errors import UserError
-from edgecloud.resource.files import FileClient
-from edgecloud.resource.mqtt import MqttClient
-from edgecloud.resource.protocol import PlatformClient
-from edgecloud.resource.state import RunState
-from edgecloud.resource.wan import LinkClient
 
 APP = "federated"
 
 
 @dataclass
-class Settings:
+class Settings(DemoSettings):
+    QUICK: ClassVar[dict[str, Any]] = {"rounds": 12, "local_steps": 30, "test_limit": 2000}
+
     quick: bool = False
     compressions: tuple[str, ...] = ("fp32", "int8", "topk")
     ratio: float = 0.01
@@ -61,22 +60,17 @@ class Settings:
     json_path: Path | None = None
     plots_dir: Path | None = None
 
-    @classmethod
-    def quick_settings(cls, **kw: Any) -> Settings:
-        base: dict[str, Any] = {"quick": True, "rounds": 12, "local_steps": 30,
-                                "test_limit": 2000}
-        return cls(**{**base, **{k: v for k, v in kw.items() if v is not None}})
 
-
-def infrastructure(settings: Settings, console: Console) -> AbstractContextManager[RunState]:
+def infrastructure(settings: Settings, console: Console) -> AbstractContextManager[Testbed]:
     """The cloud and three edge sites, each with one client node, for the block."""
     return embedded_infrastructure(examples_dir("federated") / "sites.yaml", settings.home,
                                   "the cloud and three edge sites", console,
                                   prefix="edgecloud-fl-")
 
 
-def deploy(state: RunState, settings: Settings, workdir: Path) -> PlatformClient:
-    """Deploy examples/federated with the demo's data settings; wait until it runs."""
+def app_file(settings: Settings, workdir: Path) -> Path:
+    """examples/federated, copied to `workdir`, with the demo's data settings (the
+    aggregator waits for jobs instead of starting one)."""
 
     def edit(topo: dict[str, Any]) -> None:
         for comp in topo["spec"]["components"]:
@@ -88,40 +82,25 @@ def deploy(state: RunState, settings: Settings, workdir: Path) -> PlatformClient
                                       train_limit=settings.train_limit,
                                       **(settings.client_params or {}))
 
-    topo_file = copy_example_app("federated", workdir / "federated", "federated.yaml", edit,
-                                 "sites.yaml")
-    return deploy_app(state, topo_file, APP)
+    return copy_example_app("federated", workdir / "federated", "federated.yaml", edit,
+                            "sites.yaml")
 
 
-class Operator:
-    """Starts jobs through the in-app controller channel and reads the WAN counters."""
-
-    def __init__(self, state: RunState) -> None:
-        self.state = state
-        self.broker = MqttClient(state.cloud.broker.url("mqtt"), src="fl-operator").connect()
-        self.files = FileClient(state.cloud.files.url("http"), state.cloud.name)
-        self.links = [LinkClient(s.wan_control.url("http"), s.name)
-                      for s in state.sites if s.wan_control]
-
-    def start(self, job: dict[str, Any]) -> None:
-        self.broker.publish(topics.commands(self.state.cloud.name, APP),
-                            {"op": "fl-run", "component": "aggregator", "args": job})
-        self.broker.flush(5)
-
-    def wan_bytes(self) -> int:
-        return sum(st.bytes_up + st.bytes_down for st in (lk.status() for lk in self.links))
-
-    def history(self, run: str) -> dict[str, Any] | None:
-        key = f"fl/{run}/history.json"
-        if self.files.stat(key) is None:
-            return None
-        return json.loads(self.files.get(self.files.ref(key)))  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        self.broker.close()
+def start_job(tb: Testbed, job: dict[str, Any]) -> None:
+    """Start a FedAvg job: the in-app controller operation `fl-run` for the aggregator."""
+    tb.client.send_command(APP, ControllerCommand(op="fl-run", component="aggregator",
+                                                  args=job), sites=[tb.state.cloud.name])
 
 
-def run_job(op: Operator, settings: Settings, compression: str, bar: Progress,
+def history(tb: Testbed, run: str) -> dict[str, Any] | None:
+    """The job's history as the aggregator stored it in the cloud (None before its start)."""
+    files, key = tb.files(), f"fl/{run}/history.json"
+    if files.stat(key) is None:
+        return None
+    return json.loads(files.get(files.ref(key)))  # type: ignore[no-any-return]
+
+
+def run_job(tb: Testbed, settings: Settings, compression: str, bar: Progress,
             console: Console) -> dict[str, Any]:
     run = f"{compression}-{int(time.time())}"
     job = {"run": run, "compression": compression, "ratio": settings.ratio,
@@ -129,14 +108,14 @@ def run_job(op: Operator, settings: Settings, compression: str, bar: Progress,
            "rounds": settings.rounds, "local_steps": settings.local_steps,
            "lr": settings.lr, "seed": settings.seed, "round_timeout": settings.round_timeout,
            "min_clients": 2, "wait_clients": 3, "strategy": "fedavg"}
-    b0 = op.wan_bytes()
-    op.start(job)
+    b0 = tb.links.bytes()["total"]
+    start_job(tb, job)
     task = bar.add_task(f"FedAvg {compression}", total=settings.rounds)
     seen, doc = 0, None
     deadline = time.monotonic() + 300 + settings.rounds * (settings.round_timeout + 30)
     while time.monotonic() < deadline:
         time.sleep(1.0)
-        doc = op.history(run)
+        doc = history(tb, run)
         if doc is None:
             continue
         for r in doc["rounds"][seen:]:
@@ -149,11 +128,11 @@ def run_job(op: Operator, settings: Settings, compression: str, bar: Progress,
         bar.update(task, completed=seen)
         if doc["state"] in ("done", "failed"):
             break
-    wan = op.wan_bytes() - b0
+    wan = tb.links.bytes()["total"] - b0
     if doc is None or doc["state"] != "done":
         state = doc["state"] if doc else "never started"
         raise UserError(f"federated job {run} did not finish ({state}): see `edgecloud app "
-                        f"logs {APP} --home {op.state.home}`", exit_code=1)
+                        f"logs {APP} --home {tb.home}`", exit_code=1)
     rounds = doc["rounds"]
     return {"compression": compression, "run": run, "rounds": len(rounds),
             "final_accuracy": doc["final_accuracy"], "wan_bytes": wan,
@@ -164,31 +143,22 @@ def run_job(op: Operator, settings: Settings, compression: str, bar: Progress,
 
 
 def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
-    t_start = time.monotonic()
+    return run_and_report(settings, console, lambda: experiment(settings, console),
+                          print_table, plot)
+
+
+def experiment(settings: Settings, console: Console) -> dict[str, Any]:
+    """Deploy examples/federated, run one job per compression on the same split."""
     out: dict[str, Any] = {"settings": {
         "quick": settings.quick, "rounds": settings.rounds, "local_steps": settings.local_steps,
         "alpha": settings.alpha, "ratio": settings.ratio, "clients": 3,
         "test_limit": settings.test_limit}, "runs": []}
-    with infrastructure(settings, console) as state, tempfile.TemporaryDirectory() as tmp:
-        with console.status("deploying examples/federated"):
-            client = deploy(state, settings, Path(tmp))
-        op = Operator(state)
-        try:
-            with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
-                    "round {task.completed}/{task.total}"), TimeElapsedColumn(),
-                    console=console) as bar:
-                for compression in settings.compressions:
-                    out["runs"].append(run_job(op, settings, compression, bar, console))
-        finally:
-            op.close()
-            client.request("DELETE", f"/apps/{APP}", "delete")
-            client.close()
-    out["elapsed_s"] = time.monotonic() - t_start
-    print_table(out, console)
-    if settings.json_path:
-        settings.json_path.write_text(json.dumps(out, indent=2))
-    if settings.plots_dir:
-        plot(out, settings.plots_dir)
+    with infrastructure(settings, console) as tb, tempfile.TemporaryDirectory() as tmp, \
+            deployed(tb.client, app_file(settings, Path(tmp)), console,
+                     "deploying examples/federated"), \
+            progress(console, "round {task.completed}/{task.total}") as bar:
+        for compression in settings.compressions:
+            out["runs"].append(run_job(tb, settings, compression, bar, console))
     return out
 
 
@@ -215,12 +185,7 @@ def print_table(out: dict[str, Any], console: Console) -> None:
 
 def plot(out: dict[str, Any], plots_dir: Path) -> list[Path]:
     """Accuracy per round, and accuracy against cumulative payload bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plots_dir.mkdir(parents=True, exist_ok=True)
+    plt = pyplot(plots_dir)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for r in out["runs"]:
         acc = r["accuracy_per_round"]
@@ -239,16 +204,9 @@ def plot(out: dict[str, Any], plots_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("FedAvg on non-IID Fashion-MNIST: fp32 vs int8 vs top-k with error feedback")
-    fig.tight_layout()
-    path = plots_dir / "federated_accuracy.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save_figure(fig, plots_dir / "federated_accuracy.png")
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.bar([r["compression"] for r in out["runs"]], [r["wan_bytes"] / 1e6 for r in out["runs"]])
     ax.set_ylabel("WAN bytes per job (MB)")
     ax.set_title("measured at the WAN link accounting point")
-    fig.tight_layout()
-    bars = plots_dir / "federated_wan_bytes.png"
-    fig.savefig(bars, dpi=110)
-    plt.close(fig)
-    return [path, bars]
+    return [path, save_figure(fig, plots_dir / "federated_wan_bytes.png")]

@@ -1,6 +1,13 @@
-"""What every demo does around its experiment: bring the embedded infrastructure up from
-a shipped example (and down again), copy an example application, deploy it and wait for
-its instances to run."""
+"""The testbed every demo runs on: the embedded infrastructure brought up from a shipped
+example (and down again), its platform's library client, its WAN links; the shipped
+example applications copied, edited and deployed on it until the demo is done.
+
+    with embedded_infrastructure(infra_file, None, "two sites", console) as tb:
+        topo = copy_example_app("relay", workdir, "relay.yaml", edit)
+        with deployed(tb.client, topo, console, "deploying examples/relay"):
+            tb.client.send_command("relay-demo", "set", every=2)
+            print(tb.links.bytes())
+"""
 
 from __future__ import annotations
 
@@ -8,21 +15,21 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from rich.console import Console
 
 import edgecloud
+from edgecloud.client import Client
 from edgecloud.errors import UserError
-
-if TYPE_CHECKING:
-    from edgecloud.resource.protocol import PlatformClient
-    from edgecloud.resource.state import RunState
+from edgecloud.resource.files import FileClient
+from edgecloud.resource.state import RunState
+from edgecloud.resource.wan import LinkClient
 
 EXAMPLES = Path(edgecloud.__file__).resolve().parents[1] / "examples"
 
@@ -74,7 +81,7 @@ def edgecloud_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProce
 @contextmanager
 def embedded_infrastructure(infra: Path | dict[str, Any], home: Path | None, what: str,
                             console: Console, prefix: str = "edgecloud-demo-"
-                            ) -> Iterator[RunState]:
+                            ) -> Iterator[Testbed]:
     """``edgecloud up --detach`` of ``infra`` (a file, or a document written into the home)
     in ``home`` (default: a temp dir, removed afterwards); ``edgecloud down`` on exit.
 
@@ -99,7 +106,9 @@ def embedded_infrastructure(infra: Path | dict[str, Any], home: Path | None, wha
     if r.returncode != 0:
         raise UserError(f"edgecloud up failed:\n{r.stderr or r.stdout}", exit_code=1)
     try:
-        yield load_run_state(Home(run_home))
+        state = load_run_state(Home(run_home))
+        with Client.from_state(state) as client:
+            yield Testbed(state, client, WanLinks(state))
     finally:
         with console.status("tearing down"):
             edgecloud_cli("down", "--home", str(run_home))
@@ -120,35 +129,70 @@ def copy_example_app(name: str, dest: Path, topology: str,
     return topo_file
 
 
-def platform_client(state: RunState) -> PlatformClient:
-    """An admin client of the running platform's API."""
-    from edgecloud.config import Home
-    from edgecloud.resource.protocol import PlatformClient
-    from edgecloud.resource.state import read_admin_token
+@contextmanager
+def deployed(client: Client, topo_file: Path, console: Console | None = None,
+             what: str = "", timeout_s: float = 180) -> Iterator[str]:
+    """Deploy the application of ``topo_file`` and wait until every instance runs (a
+    UserError names failed ones); yields its name and deletes it at the end. ``what`` is
+    the status line shown meanwhile."""
+    from contextlib import nullcontext
 
-    return PlatformClient(state.platform.url("http"), read_admin_token(Home(state.home)))
+    with console.status(what) if console and what else nullcontext():
+        app = client.deploy(topo_file).app
+        try:
+            client.wait_running(app, timeout_s)
+        except BaseException:
+            client.delete(app)
+            raise
+    try:
+        yield app
+    finally:
+        client.delete(app)
 
 
-def deploy_app(state: RunState, topo_file: Path, app: str,
-               client: PlatformClient | None = None, wait: bool = True,
-               timeout_s: float = 180) -> PlatformClient:
-    """Deploy the application of ``topo_file`` (named ``app``); with ``wait``, return once
-    every instance runs, or raise a UserError naming the failed instances."""
-    from edgecloud.cli.app_lifecycle import deploy_request
+class WanLinks:
+    """The emulated WAN links of a run's edge sites: changed live, counters read."""
 
-    client = client or platform_client(state)
-    client.request("POST", "/apps", "deploy", json=deploy_request(topo_file, state))
-    if not wait:
-        return client
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        doc = client.request("GET", f"/apps/{app}", "status")
-        if doc["instances"] and all(i["state"] == "Running" for i in doc["instances"]):
-            return client
-        failed = [i for i in doc["instances"] if i["state"] == "Failed" or i["restarts"] > 2]
-        if failed:
-            raise UserError(f"{app} instances failed: " + "; ".join(
-                f"{i['name']}: {i['reason']}" for i in failed), exit_code=1)
-        time.sleep(1)
-    raise UserError(f"{app} did not start within {timeout_s:.0f} s; see `edgecloud app "
-                    f"status {app} --home {state.home}`", exit_code=1)
+    def __init__(self, state: RunState) -> None:
+        self.links = {s.name: LinkClient(s.wan_control.url("http"), s.name)
+                      for s in state.sites if s.wan_control}
+
+    def __getitem__(self, site: str) -> LinkClient:
+        return self.links[site]
+
+    def update(self, **changes: Any) -> None:
+        """Change every edge link (``LinkClient.update`` arguments: up_bps, delay_s, ...)."""
+        for link in self.links.values():
+            link.update(**changes)
+
+    def bytes(self) -> dict[str, int]:
+        """Bytes that crossed every edge site's link so far: ``total``, ``control`` (agents
+        and the platform API) and ``data`` (messages and files: what the application sent)."""
+        out = {"total": 0, "control": 0}
+        for st in (link.status() for link in self.links.values()):
+            out["total"] += st.bytes_up + st.bytes_down
+            counts = st.by_route.get("platform", {})
+            out["control"] += counts.get("up", 0) + counts.get("down", 0)
+        out["data"] = out["total"] - out["control"]
+        return out
+
+
+@dataclass
+class Testbed:
+    """A running embedded infrastructure as a demo drives it: its run state, the library
+    client of its platform (admin) and its WAN links."""
+
+    __test__ = False  # a testbed, not a pytest test class
+
+    state: RunState
+    client: Client
+    links: WanLinks
+
+    @property
+    def home(self) -> Path:
+        return Path(self.state.home)
+
+    def files(self, site: str | None = None) -> FileClient:
+        """The file service of ``site`` (default: the cloud)."""
+        s = self.state.site(site) if site else self.state.cloud
+        return FileClient(s.files.url("http"), s.name)

@@ -14,7 +14,6 @@ Prints tables, writes JSON and PNG plots.
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import threading
@@ -23,24 +22,23 @@ import uuid
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from edgecloud.application import topics
+from edgecloud.application.messages import ControllerCommand
+from edgecloud.demos.harness import DemoSettings, progress, pyplot, run_and_report, save_figure
 from edgecloud.demos.infra import (
+    Testbed,
     copy_example_app,
-    deploy_app,
+    deployed,
     embedded_infrastructure,
     examples_dir,
 )
 from edgecloud.errors import UserError
 from edgecloud.resource.mqtt import MqttClient
-from edgecloud.resource.protocol import PlatformClient
-from edgecloud.resource.state import RunState
-from edgecloud.resource.wan import LinkClient
 
 APP = "partition"
 EXIT_THRESHOLDS = (0.0, 0.05, 0.2, 0.5, 1.0, 9.0)
@@ -50,7 +48,10 @@ SPEED_NOTE = ("Edge device compute is emulated: its declared speed factor 0.1 st
 
 
 @dataclass
-class Settings:
+class Settings(DemoSettings):
+    QUICK: ClassVar[dict[str, Any]] = {"rates_mbit": (1, 10, 100), "reps": 2,
+                                       "auto_requests": 4}
+
     quick: bool = False
     rates_mbit: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100)
     reps: int = 3
@@ -61,41 +62,35 @@ class Settings:
     json_path: Path | None = None
     plots_dir: Path | None = None
 
-    @classmethod
-    def quick_settings(cls, **kw: Any) -> Settings:
-        base: dict[str, Any] = {"quick": True, "rates_mbit": (1, 10, 100), "reps": 2,
-                                "auto_requests": 4}
-        return cls(**{**base, **{k: v for k, v in kw.items() if v is not None}})
 
-
-def infrastructure(settings: Settings, console: Console) -> AbstractContextManager[RunState]:
+def infrastructure(settings: Settings, console: Console) -> AbstractContextManager[Testbed]:
     """`edgecloud up` of examples/partition/infra.yaml in a temp (or the given) home."""
     return embedded_infrastructure(examples_dir("partition") / "infra.yaml", settings.home,
                                   "a cloud node and an edge device", console,
                                   prefix="edgecloud-part-")
 
 
-def deploy(state: RunState, workdir: Path, params: dict[str, Any],
-           app: str = APP) -> PlatformClient:
-    """Deploy examples/partition as `app` with `params` merged into both components'."""
+def app_file(workdir: Path, params: dict[str, Any], app: str = APP) -> Path:
+    """examples/partition, copied to `workdir`, as `app` with `params` merged into both
+    components'."""
 
     def edit(topo: dict[str, Any]) -> None:
         topo["metadata"]["name"] = app
         for comp in topo["spec"]["components"]:
             comp["params"].update(params)
 
-    return deploy_app(state, copy_example_app("partition", workdir / app, "partition.yaml",
-                                              edit), app)
+    return copy_example_app("partition", workdir / app, "partition.yaml", edit)
 
 
 class Driver:
-    """Starts runs on the head through the controller's `set`, collects their records."""
+    """Starts runs on the head through the controller's `set` (sent by the platform),
+    collects their records (published by the head on its site's broker)."""
 
-    def __init__(self, state: RunState, site: str = "ec-1", app: str = APP) -> None:
-        s = state.site(site)
-        self.site, self.app = site, app
+    def __init__(self, tb: Testbed, site: str = "ec-1", app: str = APP) -> None:
+        s = tb.state.site(site)
+        self.client, self.site, self.app = tb.client, site, app
         self.mqtt = MqttClient(s.broker.url("mqtt"), src="partition-driver").connect()
-        self.link = LinkClient(s.wan_control.url("http"), site)
+        self.link = tb.links[site]
         self._records: dict[str, list[dict[str, Any]]] = {}
         self._done: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
@@ -117,10 +112,10 @@ class Driver:
         run = uuid.uuid4().hex[:12]
         with self._lock:
             self._records[run], self._done[run] = [], threading.Event()
-        self.mqtt.publish(topics.commands(self.site, self.app), {
-            "op": "set", "component": "head",
-            "args": {**params, "run": run, "cut": cut, "requests": requests, "probes": probes}})
-        self.mqtt.flush(5)
+        self.client.send_command(self.app, ControllerCommand(
+            op="set", component="head",
+            args={**params, "run": run, "cut": cut, "requests": requests, "probes": probes}),
+            sites=[self.site])
         if not self._done[run].wait(timeout):
             raise UserError(f"run {run} (cut {cut}) did not finish within {timeout:g} s; see "
                             f"`edgecloud app logs {self.app} head`", exit_code=1)
@@ -206,8 +201,7 @@ def train_early_exit_model(settings: Settings, console: Console) -> Any:
     torch.set_num_threads(1)
     n_train, epochs = (10_000, 1) if settings.quick else (30_000, 2)
     model = EarlyExitCNN()
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                  console=console) as bar:
+    with progress(console, count=None) as bar:
         task = bar.add_task(f"early exit: joint training on {n_train} Fashion-MNIST images",
                             total=None)
         train_early_exit(model, load_split("train").subset(list(range(n_train))),
@@ -227,65 +221,52 @@ def early_exit_tradeoff(model: Any, settings: Settings, rate_bps: float,
     return [r.as_dict() for r in rows]
 
 
-def early_exit_on_platform(state: RunState, model: Any, mbit: float, workdir: Path,
+def early_exit_on_platform(tb: Testbed, model: Any, mbit: float, workdir: Path,
                            settings: Settings, console: Console) -> list[dict[str, Any]]:
     """The trained early-exit CNN as head (block1 + side exit) and tail on the platform:
     measured exit rate, accuracy and latency per entropy threshold at `mbit`."""
-    from edgecloud.resource.files import FileClient
-
     app = f"{APP}-ee"
-    ref = FileClient(state.cloud.files.url("http"), state.cloud.name).put(
-        model.to_bytes(), key="models/early-exit-cnn.pt")
-    with console.status("deploying the early-exit CNN (head: block1 + side exit)"):
-        client = deploy(state, workdir, {"model": "early_exit_cnn", "weights": ref.model_dump(),
-                                         "int8": settings.int8}, app=app)
-    drv = Driver(state, app=app)
+    ref = tb.files().put(model.to_bytes(), key="models/early-exit-cnn.pt")
+    topo = app_file(workdir, {"model": "early_exit_cnn", "weights": ref.model_dump(),
+                              "int8": settings.int8}, app=app)
     rows = []
-    try:
-        drv.wait_ready()
-        drv.set_rate(mbit)
-        n = 40 if settings.quick else 60
-        for t in EXIT_THRESHOLDS:
-            recs, _ = drv.run(1, n, probes=0, exit_threshold=t)
-            rows.append({"threshold": t,
-                         "exit_rate": sum(r["exited"] for r in recs) / len(recs),
-                         "accuracy": sum(r["top1"] == r["label"] for r in recs) / len(recs),
-                         "latency_s": statistics.mean(r["latency_s"] for r in recs),
-                         "requests": len(recs)})
-    finally:
-        drv.close()
-        client.request("DELETE", f"/apps/{app}", "delete")
-        client.close()
+    with deployed(tb.client, topo, console,
+                  "deploying the early-exit CNN (head: block1 + side exit)"):
+        drv = Driver(tb, app=app)
+        try:
+            drv.wait_ready()
+            drv.set_rate(mbit)
+            n = 40 if settings.quick else 60
+            for t in EXIT_THRESHOLDS:
+                recs, _ = drv.run(1, n, probes=0, exit_threshold=t)
+                rows.append({"threshold": t,
+                             "exit_rate": sum(r["exited"] for r in recs) / len(recs),
+                             "accuracy": sum(r["top1"] == r["label"] for r in recs) / len(recs),
+                             "latency_s": statistics.mean(r["latency_s"] for r in recs),
+                             "requests": len(recs)})
+        finally:
+            drv.close()
     return rows
 
 
 def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
-    t_start = time.monotonic()
+    return run_and_report(settings, console, lambda: experiment(settings, console),
+                          print_tables, plot)
+
+
+def experiment(settings: Settings, console: Console) -> dict[str, Any]:
+    """The rate sweep, then (optionally) the early-exit trade-off at the middle rate."""
     out: dict[str, Any] = {"settings": {"quick": settings.quick, "reps": settings.reps,
                                         "int8": settings.int8, "model": "efficientnet_lite0",
                                         "edge_speed": 0.1, "note": SPEED_NOTE}, "runs": []}
-    with infrastructure(settings, console) as state, tempfile.TemporaryDirectory() as tmp:
-        with console.status("deploying examples/partition (both sides profile themselves)"):
-            client = deploy(state, Path(tmp), {"int8": settings.int8})
-        drv = Driver(state)
-        try:
-            with console.status("waiting for the head to receive the cloud's profile"):
-                done = drv.wait_ready()
-            out["edge_profile"], out["cloud_profile"] = done["edge_profile"], \
-                done["cloud_profile"]
-            cuts = out["edge_profile"]["cuts"]
-            with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
-                    "{task.completed}/{task.total}"), TimeElapsedColumn(),
-                    console=console) as bar:
-                task = bar.add_task("sweep", total=len(settings.rates_mbit))
-                for mbit in settings.rates_mbit:
-                    bar.update(task, description=f"WAN {mbit:g} Mbit/s")
-                    out["runs"].append(sweep_rate(drv, mbit, cuts, settings))
-                    bar.advance(task)
-        finally:
-            drv.close()
-            client.request("DELETE", f"/apps/{APP}", "delete")
-            client.close()
+    with infrastructure(settings, console) as tb, tempfile.TemporaryDirectory() as tmp:
+        with deployed(tb.client, app_file(Path(tmp), {"int8": settings.int8}), console,
+                      "deploying examples/partition (both sides profile themselves)"):
+            drv = Driver(tb)
+            try:
+                sweep(drv, settings, out, console)
+            finally:
+                drv.close()
         if settings.early_exit:
             mid = out["runs"][len(out["runs"]) // 2]
             model = train_early_exit_model(settings, console)
@@ -293,16 +274,24 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
                 "mbit": mid["mbit"],
                 "rows": early_exit_tradeoff(model, settings, mid["estimated_mbit"] * 1e6,
                                             mid["estimated_base_s"]),
-                "platform_rows": early_exit_on_platform(state, model, mid["mbit"], Path(tmp),
+                "platform_rows": early_exit_on_platform(tb, model, mid["mbit"], Path(tmp),
                                                         settings, console)}
     out["targets"] = targets(out["runs"])
-    out["elapsed_s"] = time.monotonic() - t_start
-    print_tables(out, console)
-    if settings.json_path:
-        settings.json_path.write_text(json.dumps(out, indent=2))
-    if settings.plots_dir:
-        plot(out, settings.plots_dir)
     return out
+
+
+def sweep(drv: Driver, settings: Settings, out: dict[str, Any], console: Console) -> None:
+    """The profiles, then every rate of the sweep (into `out`)."""
+    with console.status("waiting for the head to receive the cloud's profile"):
+        done = drv.wait_ready()
+    out["edge_profile"], out["cloud_profile"] = done["edge_profile"], done["cloud_profile"]
+    cuts = out["edge_profile"]["cuts"]
+    with progress(console) as bar:
+        task = bar.add_task("sweep", total=len(settings.rates_mbit))
+        for mbit in settings.rates_mbit:
+            bar.update(task, description=f"WAN {mbit:g} Mbit/s")
+            out["runs"].append(sweep_rate(drv, mbit, cuts, settings))
+            bar.advance(task)
 
 
 def targets(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -349,12 +338,7 @@ def print_tables(out: dict[str, Any], console: Console) -> None:
 
 def plot(out: dict[str, Any], plots_dir: Path) -> list[Path]:
     """Latency vs WAN rate (chosen, best, all-edge, all-cloud) and every cut's latency."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plots_dir.mkdir(parents=True, exist_ok=True)
+    plt = pyplot(plots_dir)
     runs = out["runs"]
     xs = [r["mbit"] for r in runs]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -366,10 +350,7 @@ def plot(out: dict[str, Any], plots_dir: Path) -> list[Path]:
            ylabel="end-to-end latency (s)", title="EfficientNet-Lite0, edge speed 0.1")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    p1 = plots_dir / "partition_latency.png"
-    fig.savefig(p1, dpi=110)
-    plt.close(fig)
+    p1 = save_figure(fig, plots_dir / "partition_latency.png")
     fig, ax = plt.subplots(figsize=(8, 4))
     nodes = list(runs[0]["cut_latency_s"])
     for r in runs:
@@ -380,11 +361,7 @@ def plot(out: dict[str, Any], plots_dir: Path) -> list[Path]:
     ax.set(yscale="log", ylabel="latency (s)", title="latency per cut (star: chosen)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    p2 = plots_dir / "partition_cuts.png"
-    fig.savefig(p2, dpi=110)
-    plt.close(fig)
-    written = [p1, p2]
+    written = [p1, save_figure(fig, plots_dir / "partition_cuts.png")]
     if "early_exit" in out:
         live = out["early_exit"]["platform_rows"]
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -396,9 +373,5 @@ def plot(out: dict[str, Any], plots_dir: Path) -> list[Path]:
         ax.set(xlabel="mean end-to-end latency (ms)", ylabel="accuracy",
                title="early exit on the platform: accuracy vs latency")
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        p3 = plots_dir / "early_exit_tradeoff.png"
-        fig.savefig(p3, dpi=110)
-        plt.close(fig)
-        written.append(p3)
+        written.append(save_figure(fig, plots_dir / "early_exit_tradeoff.png"))
     return written

@@ -12,40 +12,39 @@ shaped like the paper's Figure 5.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import tempfile
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgecloud.application import topics
+from edgecloud.demos.harness import DemoSettings, progress, pyplot, run_and_report, save_figure
 from edgecloud.demos.infra import (
+    Testbed,
     ace_testbed,
     copy_example_app,
-    deploy_app,
+    deployed,
     embedded_infrastructure,
 )
 from edgecloud.ml.evaluation import latency_stats, scores
 from edgecloud.ml.inference.cascade import MODES
 from edgecloud.resource.files import FileClient
-from edgecloud.resource.mqtt import MqttClient
-from edgecloud.resource.protocol import PlatformClient
 from edgecloud.resource.state import RunState
-from edgecloud.resource.wan import LinkClient
 from edgecloud.units import format_rate
 
 APP = "video-query"
 
 
 @dataclass
-class Settings:
+class Settings(DemoSettings):
+    QUICK: ClassVar[dict[str, Any]] = {"intervals": (0.3, 0.1), "delays_ms": (50.0,),
+                                       "run_s": 15.0, "drain_s": 25.0, "train_epochs": 8}
+
     query: str = "person"
     quick: bool = False
     cameras: int = 3
@@ -62,12 +61,6 @@ class Settings:
     uplink_bps: float | None = None
     """Override every edge site's uplink rate (bits/s); None keeps the testbed's 20 Mbit/s."""
 
-    @classmethod
-    def quick_settings(cls, **kw: Any) -> Settings:
-        base: dict[str, Any] = {"quick": True, "intervals": (0.3, 0.1), "delays_ms": (50.0,),
-                                "run_s": 15.0, "drain_s": 25.0, "train_epochs": 8}
-        return cls(**{**base, **{k: v for k, v in kw.items() if v is not None}})
-
 
 @dataclass
 class RunResult:
@@ -82,7 +75,7 @@ class RunResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def infrastructure(settings: Settings, console: Console) -> AbstractContextManager[RunState]:
+def infrastructure(settings: Settings, console: Console) -> AbstractContextManager[Testbed]:
     return embedded_infrastructure(ace_testbed(settings.cameras), settings.home,
                                   f"the ACE testbed ({settings.cameras} cameras)", console,
                                   prefix="edgecloud-vq-")
@@ -96,8 +89,7 @@ def train_edge_model(settings: Settings, console: Console, out: Path) -> dict[st
     from edgecloud.ml.vision.edge_classifier import build_training_set, train_edge_classifier
 
     torch.set_num_threads(2)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}"
-                  "/{task.total}"), TimeElapsedColumn(), console=console) as bar:
+    with progress(console) as bar:
         task = bar.add_task("labelling historical crops with COC", total=None)
 
         def step(what: str, done: int, total: int) -> None:
@@ -142,8 +134,9 @@ def coc_label_stability(coc: Any, crops: list[Any], query: str, sample: int = 25
     return float(np.mean([a == b for a, b in zip(plain, mirrored, strict=True)]))
 
 
-def deploy(state: RunState, settings: Settings, model_ref: dict[str, Any], db: Path,
-           workdir: Path) -> PlatformClient:
+def app_file(settings: Settings, model_ref: dict[str, Any], db: Path, workdir: Path) -> Path:
+    """examples/video_query, copied to `workdir`, with the query, the edge model and the
+    result database of the experiment."""
 
     def edit(topo: dict[str, Any]) -> None:
         for comp in topo["spec"]["components"]:
@@ -154,49 +147,7 @@ def deploy(state: RunState, settings: Settings, model_ref: dict[str, Any], db: P
             if comp["name"] == "rs":
                 comp["params"]["db"] = str(db)
 
-    topo_file = copy_example_app("video_query", workdir / "video_query", "video_query.yaml",
-                                 edit)
-    return deploy_app(state, topo_file, APP)
-
-
-class Operator:
-    """Switches the running application between experiment settings (controller `set`)."""
-
-    def __init__(self, state: RunState) -> None:
-        self.state = state
-        self.brokers = {s.name: MqttClient(s.broker.url("mqtt"), src="vq-operator").connect()
-                        for s in state.sites}
-        self.links = [LinkClient(s.wan_control.url("http"), s.name)
-                      for s in state.sites if s.wan_control]
-
-    def set(self, **args: Any) -> None:
-        for site, client in self.brokers.items():
-            client.publish(topics.commands(site, APP), {"op": "set", "component": "*",
-                                                        "args": args})
-            client.flush(5)
-
-    def delay(self, ms: float) -> None:
-        for link in self.links:
-            link.update(delay_s=ms / 1000)
-
-    def uplink(self, bps: float) -> None:
-        for link in self.links:
-            link.update(up_bps=bps)
-
-    def wan_bytes(self) -> dict[str, int]:
-        """Bytes that crossed every edge site's link so far: ``total``, ``control`` (agents
-        and the platform API) and ``data`` (messages and files: what the application sent)."""
-        out = {"total": 0, "control": 0}
-        for st in (lk.status() for lk in self.links):
-            out["total"] += st.bytes_up + st.bytes_down
-            counts = st.by_route.get("platform", {})
-            out["control"] += counts.get("up", 0) + counts.get("down", 0)
-        out["data"] = out["total"] - out["control"]
-        return out
-
-    def close(self) -> None:
-        for c in self.brokers.values():
-            c.close()
+    return copy_example_app("video_query", workdir / "video_query", "video_query.yaml", edit)
 
 
 def results(db: Path, run_id: str) -> dict[str, dict[str, Any]]:
@@ -222,23 +173,26 @@ def crop_keys(state: RunState, run_id: str) -> dict[str, tuple[str, str]]:
     return out
 
 
-def run_once(op: Operator, state: RunState, settings: Settings, db: Path, mode: str,
-             interval: float, delay_ms: float) -> RunResult:
+def run_once(tb: Testbed, settings: Settings, db: Path, mode: str, interval: float,
+             delay_ms: float) -> RunResult:
+    """One setting: switch the running app to it (controller `set` at every site), let it
+    run, stop the cameras, wait until every crop is decided (or the drain time is over)."""
     run_id = f"{mode.replace('+', 'p')}-{interval:g}-{delay_ms:g}-{int(time.time())}"
-    op.delay(delay_ms)
-    op.set(mode=mode, interval=interval, run=run_id, reset=True, active=True)
-    b0 = op.wan_bytes()
+    tb.links.update(delay_s=delay_ms / 1000)
+    tb.client.send_command(APP, "set", mode=mode, interval=interval, run=run_id, reset=True,
+                           active=True)
+    b0 = tb.links.bytes()
     time.sleep(settings.run_s)
-    op.set(active=False)
+    tb.client.send_command(APP, "set", active=False)
     deadline = time.monotonic() + settings.drain_s
     crops: dict[str, tuple[str, str]] = {}
     rows: dict[str, dict[str, Any]] = {}
     while time.monotonic() < deadline:  # every crop decided, or the drain time is over
         time.sleep(1.0)
-        crops, rows = crop_keys(state, run_id), results(db, run_id)
+        crops, rows = crop_keys(tb.state, run_id), results(db, run_id)
         if crops and len(rows) >= len(crops):
             break
-    b1 = op.wan_bytes()
+    b1 = tb.links.bytes()
     return RunResult(mode, interval, delay_ms, run_id, b1["total"] - b0["total"],
                      b1["data"] - b0["data"], sorted(crops), rows)
 
@@ -258,8 +212,7 @@ def ground_truth(state: RunState, runs: list[RunResult], query: str,
         keys = crop_keys(state, run.run_id)
         todo += [(cid, *keys[cid]) for cid in run.crops if cid in keys]
     files = {s.name: FileClient(s.files.url("http"), s.name) for s in state.sites}
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
-            "{task.completed}/{task.total}"), console=console) as bar:
+    with progress(console, elapsed=False) as bar:
         task = bar.add_task("labelling every crop with COC (ground truth)", total=len(todo))
         for i in range(0, len(todo), 16):
             batch = todo[i:i + 16]
@@ -293,52 +246,40 @@ def score(run: RunResult, truth: dict[str, bool]) -> dict[str, Any]:
 
 
 def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
-    t_start = time.monotonic()
+    return run_and_report(settings, console, lambda: experiment(settings, console),
+                          print_table, plot)
+
+
+def experiment(settings: Settings, console: Console) -> dict[str, Any]:
+    """Train the edge model, deploy the app, run every setting, score every run."""
     out: dict[str, Any] = {"settings": {"query": settings.query, "cameras": settings.cameras,
                                         "run_s": settings.run_s, "quick": settings.quick,
                                         "uplink_bps": settings.uplink_bps},
                            "runs": []}
-    with infrastructure(settings, console) as state, \
-            tempfile.TemporaryDirectory() as tmp:
+    with infrastructure(settings, console) as tb, tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "eoc.safetensors"
         out["training"] = train_edge_model(settings, console, model)
-        cloud = FileClient(state.cloud.files.url("http"), state.cloud.name)
-        ref = cloud.put(model, key=f"models/eoc-{settings.query}.bin")
-        db = Path(state.home) / "video-query-results.sqlite"
-        with console.status("deploying examples/video_query"):
-            client = deploy(state, settings, ref.model_dump(), db, Path(tmp))
-        op = Operator(state)
-        if settings.uplink_bps:
-            op.uplink(settings.uplink_bps)
+        ref = tb.files().put(model, key=f"models/eoc-{settings.query}.bin")
+        db = tb.home / "video-query-results.sqlite"
         runs: list[RunResult] = []
         total = len(settings.delays_ms) * len(settings.intervals) * len(settings.modes)
-        try:
-            with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
-                    "{task.completed}/{task.total}"), TimeElapsedColumn(),
-                    console=console) as bar:
-                task = bar.add_task("experiment", total=total)
-                for delay in settings.delays_ms:
-                    for interval in settings.intervals:
-                        for mode in settings.modes:
-                            bar.update(task, description=f"{mode:>5} interval {interval:g}s "
-                                                         f"delay {delay:g}ms")
-                            runs.append(run_once(op, state, settings, db, mode, interval,
-                                                 delay))
-                            bar.advance(task)
-        finally:
-            op.close()
-            client.request("DELETE", f"/apps/{APP}", "delete")
-            client.close()
+        topo = app_file(settings, ref.model_dump(), db, Path(tmp))
+        with deployed(tb.client, topo, console, "deploying examples/video_query"), \
+                progress(console) as bar:
+            if settings.uplink_bps:
+                tb.links.update(up_bps=settings.uplink_bps)
+            task = bar.add_task("experiment", total=total)
+            for delay in settings.delays_ms:
+                for interval in settings.intervals:
+                    for mode in settings.modes:
+                        bar.update(task, description=f"{mode:>5} interval {interval:g}s "
+                                                     f"delay {delay:g}ms")
+                        runs.append(run_once(tb, settings, db, mode, interval, delay))
+                        bar.advance(task)
         # After the app stopped (the crops stay in the edge file stores): labelling every
         # crop with COC no longer competes with the cameras for the CPU.
-        truth = ground_truth(state, runs, settings.query, console)
+        truth = ground_truth(tb.state, runs, settings.query, console)
         out["runs"] = [score(r, truth) for r in runs]
-    out["elapsed_s"] = time.monotonic() - t_start
-    print_table(out, console)
-    if settings.json_path:
-        settings.json_path.write_text(json.dumps(out, indent=2))
-    if settings.plots_dir:
-        plot(out, settings.plots_dir)
     return out
 
 
@@ -384,12 +325,7 @@ def print_table(out: dict[str, Any], console: Console) -> None:
 
 def plot(out: dict[str, Any], plots_dir: Path) -> list[Path]:
     """PNG plots shaped like ACE's Figure 5: F1, bandwidth, latency against load."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plots_dir.mkdir(parents=True, exist_ok=True)
+    plt = pyplot(plots_dir)
     written = []
     delays = sorted({r["delay_ms"] for r in out["runs"]})
     for metric, label in (("f1", "F1 score"), ("wan_bytes", "WAN bytes (MB)"),
@@ -400,17 +336,13 @@ def plot(out: dict[str, Any], plots_dir: Path) -> list[Path]:
                 pts = sorted((1 / r["interval"], r[metric]) for r in out["runs"]
                              if r["mode"] == mode and r["delay_ms"] == delay)
                 if pts:
-                    xs, ys = zip(*pts, strict=True)
-                    ys = [y / 1e6 for y in ys] if metric == "wan_bytes" else list(ys)
+                    xs, values = zip(*pts, strict=True)
+                    ys = [y / 1e6 for y in values] if metric == "wan_bytes" else list(values)
                     ax.plot(xs, ys, marker="o", label=mode)
             ax.set_title(f"{delay:g} ms one-way delay")
             ax.set_xlabel("load (samples per second per camera)")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
             ax.legend()
-        fig.tight_layout()
-        path = plots_dir / f"video_query_{metric}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, plots_dir / f"video_query_{metric}.png"))
     return written

@@ -22,6 +22,7 @@ from edgecloud.errors import UserError
 from edgecloud.log import get_logger
 from edgecloud.platform.api import api, root
 from edgecloud.platform.api_apps import InstanceCollector, apps_api
+from edgecloud.platform.api_commands import commands_api
 from edgecloud.platform.apps import AppManager
 from edgecloud.platform.core import AssignmentNotifier, Platform, PlatformConfig
 from edgecloud.platform.monitor import watch_readiness
@@ -61,6 +62,7 @@ def create_app(config: PlatformConfig) -> FastAPI:
     app.include_router(root)
     app.include_router(api)
     app.include_router(apps_api)
+    app.include_router(commands_api)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error)
     return app
