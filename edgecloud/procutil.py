@@ -72,6 +72,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def claim_port(host: str, port: int) -> bool:
+    """Take `port` for a service about to bind it, if it is free and not handed out yet."""
+    if port in _handed_out or port_in_use(host, port):
+        return False
+    _handed_out.add(port)
+    return True
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
