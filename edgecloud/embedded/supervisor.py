@@ -120,6 +120,7 @@ class Supervisor:
         self._lock_fh: IO[str] | None = None
         self.layout: Layout | None = None
         self.admin_token = ""
+        self.restart_backoff_s = 0.5  # first restart delay; doubles per attempt, max 30 s
 
     # -- locking -------------------------------------------------------------------
     def acquire_home(self) -> None:
@@ -389,7 +390,7 @@ class Supervisor:
                 log.error("service failed; not restarting it again", service=svc.name,
                           attempts=svc.attempts, code=code, log=str(svc.log))
                 return True
-            delay = min(30.0, 0.5 * 2 ** svc.attempts)
+            delay = min(30.0, self.restart_backoff_s * 2 ** svc.attempts)
             svc.next_restart = now + delay
             svc.health = "restarting"
             if not svc.detail:
