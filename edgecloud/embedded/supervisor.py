@@ -33,6 +33,7 @@ from edgecloud.errors import UserError
 from edgecloud.log import get_logger
 from edgecloud.procutil import (
     port_in_use,
+    port_open,
     process_started,
     spawn_command,
     spawn_service,
@@ -87,6 +88,11 @@ class Service:
     detail: str = ""
 
     def launch(self, timeout: float = 30.0) -> None:
+        if self.ready is not None and port_open(self.ready.host, self.ready.port, 0.2):
+            # Else the readiness wait would mistake the other listener for this service.
+            raise UserError(f"{self.name}: port {self.ready.host}:{self.ready.port} is "
+                            "already in use by another process; stop it or use another "
+                            "--home", exit_code=1)
         self.proc = self.start()
         self.started_at = time.monotonic()
         if self.ready is not None:
