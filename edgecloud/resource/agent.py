@@ -272,7 +272,11 @@ class Agent:
     def _heartbeat_loop(self, creds: NodeCredentials) -> None:
         interval = self.config.heartbeat_interval_s or creds.heartbeat_interval_s
         psutil.cpu_percent(interval=None)  # primes the counter; the first reading is 0.0
-        backoff = Backoff(base=min(1.0, interval))
+        # Retries never wait much longer than the platform's NotReady window (3 beats):
+        # after a platform hiccup (a restart, a burst of errors under load) the node is
+        # Ready again within a few beats, not after a 10 s backoff.
+        backoff = Backoff(base=min(1.0, interval),
+                          cap=min(MAX_BACKOFF_S, max(1.0, 3 * interval)))
         connected = True
         with PlatformClient(self.config.platform_url, creds.node_token,
                             timeout=max(5.0, 2 * interval)) as client:
