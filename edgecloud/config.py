@@ -36,6 +36,11 @@ class Home:
         return self.root / "supervisor.lock"
 
     @property
+    def layout_file(self) -> Path:
+        """The ports of the last run, reused by the next so that URLs stay valid."""
+        return self.root / "layout.json"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 
@@ -53,6 +58,10 @@ class Home:
 
     def node_dir(self, node: str) -> Path:
         return self.root / "nodes" / node
+
+    def join_token_file(self, node: str) -> Path:
+        """The join token handed to a node's agent (mode 0600, never on a command line)."""
+        return self.run / f"agent-{node}.token"
 
     def log_file(self, service: str) -> Path:
         return self.logs / f"{service}.log"

@@ -3,7 +3,9 @@ and restart, platform restart, removal, bad tokens, and the in-process assignmen
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -12,13 +14,16 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from edgecloud.platform.server import PlatformConfig
 from edgecloud.procutil import free_port, spawn_command, spawn_service, stop_process, wait_port
-from edgecloud.resource.agent import AgentConfig, AgentError, run_agent
+from edgecloud.resource.agent import Agent, AgentConfig, AgentError, run_agent
 from edgecloud.resource.infra import load_infrastructure
 from edgecloud.resource.protocol import (
     Assignment,
@@ -133,10 +138,15 @@ def test_agent_joins_crashes_and_comes_back(plat: PlatformProc, tmp_path: Path,
     assert time.monotonic() - t0 >= 2 * HB
 
     # Restarted with the same state dir and no join token: the saved node token is used.
+    # Under load, starting Python can take long: wait for the agent to be up (its log
+    # says so), then for the platform to see it, each with room to spare; a passing run
+    # waits no longer for it.
+    offset = log.stat().st_size
     agents.append(spawn_agent(plat, "ec-1", "ec-1-rpi1", state, log))
-    wait_for(lambda: plat.state("ec-1", "ec-1-rpi1") == "Ready", 15, "Ready after restart")
-    text = log.read_text()
-    assert "using saved node token" in text and "last assignment from disk" in text
+    wait_for(lambda: "using saved node token" in log.read_text()[offset:], 60,
+             "the restarted agent up")
+    wait_for(lambda: plat.state("ec-1", "ec-1-rpi1") == "Ready", 30, "Ready after restart")
+    assert "last assignment from disk" in log.read_text()[offset:]
 
 
 def _saved(state: Path) -> Assignment:
@@ -241,3 +251,126 @@ def test_in_process_agent_hook_and_offline_start(plat: PlatformProc, tmp_path: P
         stop.set()
         t.join(5)
     assert not errors and not t.is_alive()
+
+
+class RecordingProxy:
+    """A real HTTP forwarder between an agent and the platform that keeps every heartbeat
+    body, so a test can see what the agent told the platform."""
+
+    def __init__(self, target: str) -> None:
+        self.heartbeats: list[dict[str, Any]] = []
+        self.responses: list[dict[str, Any]] = []
+        outer = self
+        client = httpx.Client(base_url=target, timeout=60)
+
+        class Handler(BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() in ("authorization", "content-type")}
+                try:
+                    r = client.request(self.command, self.path, content=body, headers=headers)
+                except httpx.HTTPError:
+                    self.send_error(502)
+                    return
+                if self.path.endswith("/heartbeat") and self.command == "POST":
+                    outer.heartbeats.append(json.loads(body))
+                    if r.status_code == 200:
+                        outer.responses.append(r.json())
+                self.send_response(r.status_code)
+                self.send_header("content-type", r.headers.get("content-type", "text/plain"))
+                self.send_header("content-length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+
+            do_GET = do_POST = do_PUT = _forward
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_failing_apply_is_reported_and_retried(plat: PlatformProc, tmp_path: Path) -> None:
+    """The agent cannot save its assignment (a directory sits where the file goes): the
+    failure reaches the platform in the heartbeats, the agent retries, and once the disk is
+    fixed it follows assignments again (the old poll thread died on the first failure)."""
+    state = tmp_path / "state"
+    (state / "assignment.json").mkdir(parents=True)
+    proxy = RecordingProxy(plat.url)
+    seen: list[Assignment] = []
+    stop = threading.Event()
+    cfg = AgentConfig(platform_url=proxy.url, site="ec-2", name="ec-2-flaky",
+                      join_token=plat.token("ec-2"), state_dir=state, heartbeat_interval_s=HB)
+    agent = Agent(cfg, stop, seen.append)
+    t = threading.Thread(target=agent.run)
+    t.start()
+    try:
+        def reported() -> bool:
+            return any("assignment.json" in p and "revision 0" in p
+                       for beat in proxy.heartbeats for p in beat["problems"])
+        wait_for(reported, 15, "the apply failure reported in a heartbeat")
+        assert not seen and plat.state("ec-2", "ec-2-flaky") == "Ready"
+        shutil.rmtree(state / "assignment.json")  # the operator frees the disk
+        wait_for(lambda: agent.revision == 0 and seen, 15, "the retried apply")
+        with plat.admin() as c:
+            c.request("PUT", "/nodes/ec-2/ec-2-flaky/assignment", "assign",
+                      json={"instances": [{"name": "z"}]})
+        wait_for(lambda: seen[-1].revision == 1, 5, "the next assignment followed")
+        assert _saved(state).revision == 1
+        n = len(proxy.heartbeats)
+        wait_for(lambda: len(proxy.heartbeats) > n and not proxy.heartbeats[-1]["problems"],
+                 5, "problems cleared once solved and reported")
+        assert agent.problems == []
+    finally:
+        stop.set()
+        t.join(5)
+        proxy.close()
+    assert not t.is_alive() and agent.fatal is None
+
+
+def _register(p: PlatformProc, broker: str) -> None:
+    infra = load_infrastructure(INFRA_FILE)
+    sites = {s.name: SiteEndpoints(broker=broker, files="http://127.0.0.1:9000", platform=p.url)
+             for s in infra.spec.sites}
+    with p.admin() as c:
+        c.register_infrastructure(RegisterInfrastructure(infrastructure=infra, sites=sites))
+
+
+def test_agent_follows_moved_site_endpoints(plat: PlatformProc, tmp_path: Path) -> None:
+    """The site's broker moved (a restarted embedded run, a re-registered site): the agent
+    adopts the endpoints the heartbeat answer carries, in node.json and its node runtime."""
+    state = tmp_path / "state"
+    proxy = RecordingProxy(plat.url)
+    stop = threading.Event()
+    cfg = AgentConfig(platform_url=proxy.url, site="ec-1", name="ec-1-mover",
+                      join_token=plat.token("ec-1"), state_dir=state, heartbeat_interval_s=HB)
+    agent = Agent(cfg, stop, run_instances=True)
+    t = threading.Thread(target=agent.run)
+    t.start()
+    try:
+        wait_for(lambda: proxy.responses, 15, "a heartbeat answer")
+        if proxy.responses[-1].get("broker") is None:
+            pytest.skip("this platform does not answer heartbeats with the site's endpoints")
+        moved = "mqtt://127.0.0.1:1999"
+        _register(plat, moved)
+
+        def saved_broker() -> str:
+            return str(json.loads((state / "node.json").read_text())["broker"])
+        wait_for(lambda: saved_broker() == moved, 10, "node.json updated")
+        assert stat.S_IMODE((state / "node.json").stat().st_mode) == 0o600
+        assert agent.node is not None and agent.node.broker_url == moved
+    finally:
+        _register(plat, "mqtt://127.0.0.1:1883")
+        stop.set()
+        t.join(5)
+        proxy.close()
+    assert not t.is_alive() and agent.fatal is None

@@ -56,9 +56,14 @@ def collector(url: str, pattern: str) -> tuple[MqttClient, list[Message]]:
 
 
 def test_second_up_on_same_home_is_refused(run: RunState) -> None:
-    r = cli("up", str(INFRA), "--home", str(run.home), check=False)
-    assert r.returncode == 2 and "already running" in r.stderr
-    assert "Traceback" not in r.stderr
+    before = (run.home / "state.json").read_bytes()
+    for detach in ([], ["--detach"]):
+        r = cli("up", str(INFRA), "--home", str(run.home), *detach, check=False)
+        assert r.returncode == 2 and "already running" in r.stderr
+        assert "Traceback" not in r.stderr
+    # A refused command changes nothing: the running stack is still found.
+    assert (run.home / "state.json").read_bytes() == before
+    cli("status", "--home", str(run.home))
 
 
 def test_status_json_contract(run: RunState) -> None:
@@ -71,6 +76,10 @@ def test_status_json_contract(run: RunState) -> None:
         assert all(n["state"] == "Ready" for n in s["nodes"])
     rpi = next(n for n in by_site["ec-1"]["nodes"] if n["name"] == "ec-1-rpi1")
     assert rpi["labels"] == {"camera": "true"} and rpi["resources"]["cpu"] == 4
+    services = {s["name"]: s for s in doc["services"]}  # service health, from state.json
+    assert {"platform", "broker-cloud", "bridge-ec-1", "agent-cc-1"} <= set(services)
+    assert all(s["state"] in ("running", "restarting", "failed") and s["pid"] > 0
+               and s["restarts"] >= 0 for s in services.values())
 
 
 def test_cross_site_delivery_both_ways_and_edge_to_edge(run: RunState) -> None:

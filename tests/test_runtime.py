@@ -84,3 +84,40 @@ def test_missing_binary_fails_clearly(runtime: ProcessRuntime) -> None:
     runtime.apply([spec])
     wait_for(lambda: status(runtime, "x-0").state == "Failed")
     assert "cannot start" in status(runtime, "x-0").reason
+
+
+def test_restart_count_survives_the_runtime(tmp_path: Path) -> None:
+    """An agent killed with its instances, then restarted: starting them again is a restart."""
+    spec = cmd("import time; time.sleep(60)")
+    first = ProcessRuntime(tmp_path)
+    try:
+        first.apply([spec])
+        wait_for(lambda: status(first).pid is not None)
+        assert status(first).restarts == 0
+    finally:
+        first.close()  # the agent goes; its instances go with it
+    for expected in (1, 2):  # every later agent counts on
+        again = ProcessRuntime(tmp_path)
+        try:
+            again.apply([spec])
+            wait_for(lambda rt=again: status(rt).pid is not None)  # type: ignore[misc]
+            assert status(again).restarts == expected
+        finally:
+            again.close()
+    # A changed instance is a new one, and a removed one is forgotten.
+    changed = spec.model_copy(update={"env": {"X": "1"}})
+    rt = ProcessRuntime(tmp_path)
+    try:
+        rt.apply([changed])
+        wait_for(lambda: status(rt).pid is not None)
+        assert status(rt).restarts == 0
+        rt.apply([])
+    finally:
+        rt.close()
+    rt = ProcessRuntime(tmp_path)
+    try:
+        rt.apply([changed])
+        wait_for(lambda: status(rt).pid is not None)
+        assert status(rt).restarts == 0
+    finally:
+        rt.close()

@@ -52,6 +52,18 @@ def parse_resources(text: str) -> Resources:
         raise UserError(f"--resources {text!r}: {problems}") from None
 
 
+def read_token_file(path: Path) -> str:
+    """The join token stored in `path` (surrounding whitespace ignored)."""
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise UserError(f"--token-file {path}: cannot read it ({exc.strerror})") from None
+    if not token:
+        raise UserError(f"--token-file {path}: the file is empty; put the join token from "
+                        "`edgecloud token create` in it")
+    return token
+
+
 @user_errors
 def agent(
     platform: Annotated[str, typer.Option("--platform", help="Platform URL as reachable from "
@@ -62,6 +74,9 @@ def agent(
     token: Annotated[str | None, typer.Option(
         "--token", envvar="EDGECLOUD_JOIN_TOKEN",
         help="One-time join token (not needed once joined: the node token is saved)")] = None,
+    token_file: Annotated[Path | None, typer.Option(
+        "--token-file", help="Read the join token from this file (keeps it out of `ps`; "
+                             "what `edgecloud up` uses)")] = None,
     labels: Annotated[list[str] | None, typer.Option(
         "--labels", help="Node labels key=value (repeat or comma-separate)")] = None,
     resources: Annotated[str | None, typer.Option(
@@ -79,6 +94,10 @@ def agent(
         raise UserError("--speed must be positive")
     if heartbeat is not None and heartbeat <= 0:
         raise UserError("--heartbeat must be positive")
+    if token_file is not None:
+        if token is not None:
+            raise UserError("pass either --token or --token-file, not both")
+        token = read_token_file(token_file)
     config = AgentConfig(
         platform_url=platform, site=site, name=name, join_token=token,
         labels=parse_labels(labels or []),

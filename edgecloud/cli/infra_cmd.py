@@ -26,9 +26,14 @@ from edgecloud.cli.common import (
 )
 from edgecloud.config import Home
 from edgecloud.errors import NotRunningError, UserError
-from edgecloud.procutil import pid_alive, spawn_command
+from edgecloud.procutil import is_same_process, spawn_command
 from edgecloud.resource.infra import load_infrastructure
-from edgecloud.resource.state import RunState, load_run_state, read_admin_token
+from edgecloud.resource.state import (
+    RunState,
+    load_run_state,
+    read_admin_token,
+    supervisor_holding,
+)
 
 DETACHED_ENV = "EDGECLOUD_DETACHED_CHILD"
 
@@ -75,14 +80,21 @@ def up(
         return
     sup = Supervisor(infra, file, h, broker=kind, heartbeat_s=heartbeat,  # type: ignore[arg-type]
                      platform_port=port)
-    stop_requested = {"flag": False}
 
     def _on_signal(signum: int, frame: Any) -> None:
-        stop_requested["flag"] = True
         sup.stopping.set()
 
+    # `edgecloud down` (SIGTERM) and a closed terminal (SIGHUP) stop like Ctrl-C does.
     signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
     quiet = os.environ.get(DETACHED_ENV) == "1"
+    try:
+        _run_foreground(sup, h, quiet)
+    finally:  # whatever ends the run (an error too) stops every child; a refused run
+        _stop_with_progress(sup, quiet)  # (home in use) owns nothing and stops nothing
+
+
+def _run_foreground(sup: Any, h: Home, quiet: bool) -> None:
     try:
         state = _start_with_progress(sup, quiet)
     except KeyboardInterrupt:
@@ -95,7 +107,6 @@ def up(
         sup.watch()
     except KeyboardInterrupt:
         pass
-    _stop_with_progress(sup, quiet)
 
 
 def _start_with_progress(sup: Any, quiet: bool) -> RunState:
@@ -113,7 +124,7 @@ def _start_with_progress(sup: Any, quiet: bool) -> RunState:
 
 
 def _stop_with_progress(sup: Any, quiet: bool) -> None:
-    if quiet:
+    if quiet or not sup.owns_home:
         sup.stop()
         return
     with console.status("stopping") as s:
@@ -123,8 +134,12 @@ def _stop_with_progress(sup: Any, quiet: bool) -> None:
 
 def _detach(file: Path, home: Home, broker: str, port: int | None, heartbeat: float) -> None:
     """Run the supervisor as a background process and wait until it is ready."""
+    from edgecloud.embedded.supervisor import already_running
+
+    holder = supervisor_holding(home)
+    if holder is not None:  # refused before anything is touched: the run's state stays
+        raise already_running(home, holder or "?")
     home.root.mkdir(parents=True, exist_ok=True)
-    home.state_file.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "edgecloud.cli.main", "up", str(file), "--home",
             str(home.root), "--broker", broker, "--heartbeat", str(heartbeat)]
     if port:
@@ -132,7 +147,8 @@ def _detach(file: Path, home: Home, broker: str, port: int | None, heartbeat: fl
     log = home.log_file("supervisor")
     proc = spawn_command("supervisor", argv, log, env={DETACHED_ENV: "1"})
     with console.status("starting in the background"):
-        while not home.state_file.exists():
+        # A state.json left by an earlier run does not count: only the one of our child.
+        while _state_pid(home) != proc.pid:
             if proc.poll() is not None:
                 tail = log.read_text(errors="replace").strip().splitlines()[-20:]
                 raise UserError("edgecloud up failed:\n  " + "\n  ".join(tail),
@@ -144,6 +160,13 @@ def _detach(file: Path, home: Home, broker: str, port: int | None, heartbeat: fl
                   f"Stop with `edgecloud down --home {home.root}`.")
 
 
+def _state_pid(home: Home) -> int | None:
+    try:
+        return load_run_state(home).supervisor_pid
+    except NotRunningError:
+        return None
+
+
 @user_errors
 def down(home: HomeOption = None,
          timeout: Annotated[float, typer.Option(help="Seconds to wait for a clean stop")]
@@ -151,38 +174,57 @@ def down(home: HomeOption = None,
     """Stop everything started by `edgecloud up` under this home."""
     h = home_of(home)
     try:
-        state = load_run_state(h)
+        state: RunState | None = load_run_state(h)
     except NotRunningError:
-        pid = _lock_pid(h)
-        if pid is None or not pid_alive(pid):
-            console.print(f"nothing is running under {h.root}")
-            return
         state = None
-    pid = state.supervisor_pid if state else _lock_pid(h)
-    assert pid is not None
-    if pid_alive(pid):
-        os.kill(pid, signal.SIGTERM)
-        with console.status(f"stopping (supervisor pid {pid})"):
-            deadline = time.monotonic() + timeout
-            while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
-    if state is not None:  # a supervisor that was killed leaves its children: end them
-        for svc in state.services:
-            if pid_alive(svc.pid):
-                try:
-                    os.killpg(svc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        h.state_file.unlink(missing_ok=True)
+    # Only a supervisor that holds the home's lock is signalled: a pid in a file may
+    # belong to an unrelated process by now.
+    pid = supervisor_holding(h)
+    if pid is None and state is None:
+        console.print(f"nothing is running under {h.root}")
+        return
+    if pid is not None:
+        _stop_supervisor(h, pid or (state.supervisor_pid if state else 0), timeout)
+    left = _end_leftover_services(state) if state is not None else 0
+    h.state_file.unlink(missing_ok=True)
+    if pid is None and left == 0:
+        console.print(f"nothing was running under {h.root} (its supervisor had died; "
+                      "removed its stale state)")
+        return
     console.print("[green]Stopped.[/]")
 
 
-def _lock_pid(home: Home) -> int | None:
+def _stop_supervisor(h: Home, pid: int, timeout: float) -> None:
+    if pid <= 0:
+        raise UserError(f"{h.lock_file} is locked but names no supervisor pid; try again in "
+                        "a moment", exit_code=1)
     try:
-        text = home.lock_file.read_text().strip()
-        return int(text) if text else None
-    except (FileNotFoundError, ValueError):
-        return None
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    with console.status(f"stopping (supervisor pid {pid})"):
+        deadline = time.monotonic() + timeout
+        while supervisor_holding(h) is not None and time.monotonic() < deadline:
+            time.sleep(0.2)
+    if supervisor_holding(h) is not None:
+        raise UserError(f"the supervisor (pid {pid}) did not stop within {timeout:g}s; see "
+                        f"{h.log_file('supervisor')} or try again with a longer --timeout",
+                        exit_code=1)
+
+
+def _end_leftover_services(state: RunState) -> int:
+    """Kill the process groups of services that outlived their supervisor; only those
+    whose pid still is the process recorded in state.json (same start time)."""
+    killed = 0
+    for svc in state.services:
+        if svc.started is None or not is_same_process(svc.pid, svc.started):
+            continue
+        try:
+            os.killpg(svc.pid, signal.SIGKILL)
+            killed += 1
+        except (ProcessLookupError, PermissionError):
+            pass
+    return killed
 
 
 def _fetch_status(home: Home, state: RunState) -> dict[str, Any]:
@@ -218,23 +260,30 @@ def status_document(state: RunState, platform_status: dict[str, Any]) -> dict[st
                        "metrics": n.get("metrics", {})}
                       for n in nodes_by_site.get(s.name, [])],
         } for s in state.sites],
+        "services": [{"name": svc.name, "state": svc.state, "restarts": svc.restarts,
+                      "pid": svc.pid, "detail": svc.detail, "log": str(svc.log)}
+                     for svc in state.services],
     }
 
 
 @user_errors
 def status(home: HomeOption = None, as_json: JsonFlag = False) -> None:
-    """Show sites, nodes (Ready/NotReady) and service URLs of the running infrastructure."""
+    """Show sites, nodes (Ready/NotReady), service URLs and the health of every service."""
     h = home_of(home)
     state = load_run_state(h)
+    if supervisor_holding(h) is None:
+        raise NotRunningError(f"the supervisor (pid {state.supervisor_pid}) of the run under "
+                              f"{h.root} is gone; `edgecloud down --home {h.root}` cleans up "
+                              "what is left, then start again with `edgecloud up`")
     doc = status_document(state, _fetch_status(h, state))
     if as_json:
         print_json(doc)
     else:
-        _print_state_table(state, None, doc)
+        _print_state_table(state, None, doc, every=True)
 
 
 def _print_state_table(state: RunState, platform_status: dict[str, Any] | None,
-                       doc: dict[str, Any] | None = None) -> None:
+                       doc: dict[str, Any] | None = None, every: bool = False) -> None:
     doc = doc or status_document(state, platform_status or {})
     table = Table(title=f"edgecloud · {state.infra} · platform {doc['platform']['url']}")
     for col in ("site", "kind", "node", "state", "labels", "broker", "files"):
@@ -248,6 +297,28 @@ def _print_state_table(state: RunState, platform_status: dict[str, Any] | None,
                           ",".join(f"{k}={v}" for k, v in node["labels"].items()),
                           site["broker"] if first else "", site["files"] if first else "")
             first = False
+    console.print(table)
+    _print_services(doc["services"], every)
+
+
+SERVICE_COLOURS = {"running": "green", "restarting": "yellow", "failed": "red"}
+
+
+def _print_services(services: list[dict[str, Any]], every: bool = False) -> None:
+    """The services' health: a table (all of them with `every`, else only when one is
+    not running or has restarted), or one line when all is well."""
+    unhealthy = [s for s in services if s["state"] != "running" or s["restarts"]]
+    if not unhealthy and not every:
+        if services:
+            console.print(f"services: all {len(services)} running", highlight=False)
+        return
+    table = Table(title="services")
+    for col in ("service", "state", "restarts", "pid", "detail"):
+        table.add_column(col)
+    for svc in services:
+        colour = SERVICE_COLOURS.get(svc["state"], "red")
+        table.add_row(svc["name"], f"[{colour}]{svc['state']}[/]", str(svc["restarts"]),
+                      str(svc["pid"]), svc["detail"])
     console.print(table)
 
 

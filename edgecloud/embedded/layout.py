@@ -4,15 +4,26 @@ Pure planning, no processes: `plan_layout` allocates loopback ports for the plat
 site's broker and file server, and each edge site's shaping proxy with its routes (see
 docs/internals.md, "WAN emulation"). The supervisor turns the layout into service
 configs; `state.json` records it.
+
+Ports are stable per home: `<home>/layout.json` keeps the ports of the last run, and the
+next run reuses each one that is still free. Node credentials and instance contexts hold
+these URLs, so a `down` then `up` keeps deployed applications working.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from edgecloud.procutil import free_port
+from edgecloud.config import write_private
+from edgecloud.procutil import claim_port, free_port
 from edgecloud.resource.infra import Infrastructure
 from edgecloud.service import Endpoint
+
+PortMoved = Callable[[str, int, int], None]
+"""Called with (what, previous port, new port) when a port of the last run is taken."""
 
 
 @dataclass
@@ -62,23 +73,67 @@ class Layout:
         return peers
 
 
-def plan_layout(infra: Infrastructure, host: str = "127.0.0.1",
-                platform_port: int | None = None) -> Layout:
-    """Allocate every endpoint of an embedded run."""
+    def ports(self) -> dict[str, int]:
+        """Every allocated port by what it is for (`platform`, `ec-1.broker`, ...)."""
+        out = {"platform": self.platform.port}
+        for s in self.sites.values():
+            out[f"{s.name}.broker"] = s.broker.port
+            out[f"{s.name}.files"] = s.files.port
+            if s.wan_control is not None:
+                out[f"{s.name}.wan_control"] = s.wan_control.port
+            out.update({f"{s.name}.route.{r}": ep.port for r, ep in s.routes.items()})
+        return out
 
-    def ep(port: int | None = None) -> Endpoint:
+
+def load_ports(path: Path) -> dict[str, int]:
+    """The ports saved by `save_ports`; empty if there are none or the file is unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    ports = data.get("ports") if isinstance(data, dict) else None
+    if not isinstance(ports, dict):
+        return {}
+    return {k: v for k, v in ports.items() if isinstance(v, int)}
+
+
+def save_ports(path: Path, layout: Layout) -> None:
+    write_private(path, json.dumps({"ports": layout.ports()}, indent=2))
+
+
+def plan_layout(infra: Infrastructure, host: str = "127.0.0.1",
+                platform_port: int | None = None, previous: dict[str, int] | None = None,
+                on_moved: PortMoved | None = None) -> Layout:
+    """Allocate every endpoint of an embedded run.
+
+    `previous` (from `load_ports`): reuse each of those ports that is free now; one that
+    is taken gets a new port, reported through `on_moved`.
+    """
+    previous = previous or {}
+    # Claim the old ports first, so that no new allocation takes one a later key needs.
+    kept = {what: port for what, port in previous.items()
+            if not (what == "platform" and platform_port) and claim_port(host, port)}
+
+    def ep(what: str, port: int | None = None) -> Endpoint:
+        if port is None and what in kept:
+            port = kept[what]
+        elif port is None and what in previous:
+            port = free_port(host)
+            if on_moved is not None:
+                on_moved(what, previous[what], port)
         return Endpoint(host=host, port=port or free_port(host))
 
-    sites = {s.name: SiteLayout(s.name, s.kind, broker=ep(), files=ep())
+    sites = {s.name: SiteLayout(s.name, s.kind, broker=ep(f"{s.name}.broker"),
+                                files=ep(f"{s.name}.files"))
              for s in infra.spec.sites}
-    layout = Layout(platform=ep(platform_port), sites=sites)
+    layout = Layout(platform=ep("platform", platform_port), sites=sites)
     cloud = sites[infra.cloud.name]
     edges = [sites[s.name] for s in infra.edges]
     for edge in edges:
-        edge.wan_control = ep()
+        edge.wan_control = ep(f"{edge.name}.wan_control")
         for route in ["mqtt", "platform", "files-cloud", "files-in",
                       *[f"files-{o.name}" for o in edges if o is not edge]]:
-            edge.routes[route] = ep()
+            edge.routes[route] = ep(f"{edge.name}.route.{route}")
     for edge in edges:
         t = edge.route_targets
         t["mqtt"] = (cloud.broker, "edge")

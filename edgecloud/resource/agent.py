@@ -7,6 +7,12 @@ All traffic is outbound HTTP to the platform (NAT friendly). State kept in `stat
 `node.json` (node id and token, mode 0600; a restarted agent needs no new join token) and
 `assignment.json` (the last desired instance set; served from disk while the platform is
 unreachable). Reconnects use exponential backoff with jitter, capped at ~10 s.
+
+An assignment the agent fails to apply (the node runtime raises, the disk is full) does
+not stop it from following later ones: the failure goes into the next heartbeats'
+`problems` and the apply is retried with backoff until it succeeds. When the platform
+answers a heartbeat with other site endpoints (broker, file server) than node.json's, the
+agent saves them and hands them to the node runtime.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from edgecloud.resource.node import NodeRuntime
 from edgecloud.resource.protocol import (
     Assignment,
     Heartbeat,
+    HeartbeatResponse,
     JoinRequest,
     NodeMetrics,
     PlatformClient,
@@ -42,6 +49,7 @@ log = get_logger("agent")
 
 LONG_POLL_S = 30.0
 MAX_BACKOFF_S = 10.0
+MAX_PROBLEMS = 20  # heartbeats carry at most this many (the newest)
 AssignmentHook = Callable[[Assignment], None]
 
 
@@ -134,6 +142,11 @@ class Agent:
         self.fatal: AgentError | None = None
         self._poke = threading.Event()  # wakes the poller out of a backoff wait
         self._creds: NodeCredentials | None = None
+        # Problems not yet cleared; the first `_resolved` of them were followed by a
+        # success and are dropped once a heartbeat has carried them to the platform.
+        self._problems: list[str] = []
+        self._resolved = 0
+        self._problems_lock = threading.Lock()
 
     @property
     def token_file(self) -> Path:
@@ -155,7 +168,10 @@ class Agent:
         if saved is not None:
             log.info("last assignment from disk", revision=saved.revision,
                      instances=len(saved.instances))
-            self._deliver(saved)
+            try:
+                self._deliver(saved)
+            except Exception as exc:  # the poller fetches it again and retries
+                self._problem(f"assignment revision {saved.revision} (from disk)", exc)
         creds = self._credentials()
         if creds is None:  # stopped while joining
             return
@@ -256,17 +272,26 @@ class Agent:
     def _heartbeat_loop(self, creds: NodeCredentials) -> None:
         interval = self.config.heartbeat_interval_s or creds.heartbeat_interval_s
         psutil.cpu_percent(interval=None)  # primes the counter; the first reading is 0.0
-        backoff = Backoff(base=min(1.0, interval))
+        # Retries never wait much longer than the platform's NotReady window (3 beats):
+        # after a platform hiccup (a restart, a burst of errors under load) the node is
+        # Ready again within a few beats, not after a 10 s backoff.
+        backoff = Backoff(base=min(1.0, interval),
+                          cap=min(MAX_BACKOFF_S, max(1.0, 3 * interval)))
         connected = True
         with PlatformClient(self.config.platform_url, creds.node_token,
                             timeout=max(5.0, 2 * interval)) as client:
             while not self.stop.is_set():
                 instances, logs = self.node.report() if self.node else ([], {})
+                with self._problems_lock:
+                    problems, resolved = list(self._problems), self._resolved
                 beat = Heartbeat(metrics=host_metrics(self.state_dir), instances=instances,
-                                 logs=logs, interval_s=self.config.heartbeat_interval_s)
+                                 logs=logs, interval_s=self.config.heartbeat_interval_s,
+                                 problems=problems)
                 wait = interval
                 try:
                     resp = client.heartbeat(creds.site, creds.name, beat)
+                    self._problems_reported(resolved)
+                    creds = self._follow_endpoints(creds, resp)
                     if not connected:
                         log.info("platform reachable again", platform=self.config.platform_url)
                         self._poke.set()
@@ -289,6 +314,56 @@ class Agent:
                     log.warning("heartbeat refused", status=exc.status, detail=exc.detail)
                 self.stop.wait(wait)
 
+    # -- problems and endpoints --------------------------------------------------------------
+    def _problem(self, what: str, exc: BaseException) -> None:
+        """Record what the agent could not do; the next heartbeats carry it."""
+        text = f"{what}: {type(exc).__name__}: {exc}"
+        log.error("agent problem", problem=text)
+        with self._problems_lock:
+            if self._problems and self._problems[-1] == text:
+                return  # a retry failing the same way is one problem, not many
+            self._problems.append(text)
+            overflow = len(self._problems) - MAX_PROBLEMS
+            if overflow > 0:
+                del self._problems[:overflow]
+                self._resolved = max(0, self._resolved - overflow)
+
+    def _problems_solved(self) -> None:
+        with self._problems_lock:
+            self._resolved = len(self._problems)
+
+    def _problems_reported(self, resolved: int) -> None:
+        # Problems solved before this heartbeat left have now reached the platform.
+        with self._problems_lock:
+            drop = min(resolved, self._resolved, len(self._problems))
+            del self._problems[:drop]
+            self._resolved -= drop
+
+    @property
+    def problems(self) -> list[str]:
+        """Problems the next heartbeat reports, oldest first."""
+        with self._problems_lock:
+            return list(self._problems)
+
+    def _follow_endpoints(self, creds: NodeCredentials,
+                          resp: HeartbeatResponse) -> NodeCredentials:
+        """Adopt the site endpoints the platform answers with when they moved."""
+        broker = resp.broker or creds.broker
+        files = resp.files or creds.files
+        if (broker, files) == (creds.broker, creds.files):
+            return creds
+        log.info("site endpoints changed", broker_was=creds.broker, broker=broker,
+                 files_was=creds.files, files=files)
+        creds = creds.model_copy(update={"broker": broker, "files": files})
+        try:
+            write_private(self.token_file, creds.model_dump_json(indent=2))
+        except OSError as exc:
+            self._problem(f"saving new endpoints to {self.token_file}", exc)
+        self._creds = creds
+        if self.node is not None:
+            set_node_endpoints(self.node, broker, files)
+        return creds
+
     def _revoked(self, exc: PlatformError) -> None:
         # Keep the dead token aside so that a start with a new join token re-joins.
         revoked = self.token_file.with_suffix(".json.revoked")
@@ -303,6 +378,7 @@ class Agent:
         creds = self._creds
         assert creds is not None
         backoff = Backoff()
+        apply_backoff = Backoff(base=1.0, cap=30.0)
         synced = False
         with PlatformClient(self.config.platform_url, creds.node_token) as client:
             while not self.stop.is_set():
@@ -314,10 +390,6 @@ class Agent:
                                           wait=LONG_POLL_S if synced else 0.0)
                     synced = True
                     backoff.reset()
-                    # Any different revision is the platform's truth.
-                    if a.revision != self.revision and not self.stop.is_set():
-                        self.apply(a)
-                    continue
                 except PlatformUnreachable:
                     synced = False  # the heartbeat loop logs connectivity; just retry
                 except PlatformError as exc:
@@ -325,11 +397,39 @@ class Agent:
                         return  # the heartbeat loop reports revocation
                     log.warning("assignment fetch refused", status=exc.status,
                                 detail=exc.detail)
+                except Exception as exc:  # e.g. an answer that does not parse: keep polling
+                    synced = False
+                    self._problem("fetching the assignment", exc)
+                else:
+                    # Any different revision is the platform's truth.
+                    if a.revision == self.revision or self.stop.is_set():
+                        continue
+                    if self._try_apply(a):
+                        apply_backoff.reset()
+                        continue
+                    # Not `_poke`: heartbeats poke while our revision lags, which would
+                    # turn the backoff into a retry per heartbeat.
+                    synced = False
+                    self.stop.wait(apply_backoff.next())
+                    continue
                 self._poke.wait(backoff.next())
                 self._poke.clear()
 
+    def _try_apply(self, a: Assignment) -> bool:
+        """Apply `a`; on failure record the problem (the caller retries) and return False."""
+        try:
+            self.apply(a)
+        except Exception as exc:
+            self._problem(f"applying assignment revision {a.revision}", exc)
+            return False
+        self._problems_solved()
+        return True
+
     def apply(self, a: Assignment) -> None:
-        """Save a new assignment to disk, then hand it to `on_assignment`."""
+        """Save a new assignment to disk, then run it and hand it to `on_assignment`.
+
+        Raises whatever failed; `revision` advances only once everything succeeded.
+        """
         write_private(self.assignment_file, a.model_dump_json(indent=2))
         log.info("assignment", revision=a.revision, instances=len(a.instances))
         self._deliver(a)
@@ -346,14 +446,21 @@ class Agent:
         return a
 
     def _deliver(self, a: Assignment) -> None:
-        self.revision = a.revision
         if self.node is not None:
             self.node.apply(a.instances)
         if self.on_assignment is not None:
-            try:
-                self.on_assignment(a)
-            except Exception:  # the agent keeps heartbeating even if a start fails
-                log.exception("on_assignment failed", revision=a.revision)
+            self.on_assignment(a)
+        self.revision = a.revision
+
+
+def set_node_endpoints(node: NodeRuntime, broker: str, files: str) -> None:
+    """Point a node runtime at its site's current broker and file server."""
+    setter = getattr(node, "set_endpoints", None)
+    if callable(setter):
+        setter(broker, files)
+        return
+    # A node runtime without `set_endpoints` localises new instances from these.
+    node.broker_url, node.files_url = broker, files
 
 
 def run_agent(config: AgentConfig, stop: threading.Event | None = None,

@@ -31,7 +31,7 @@ from pydantic import BaseModel
 
 from edgecloud.errors import UserError
 from edgecloud.log import get_logger
-from edgecloud.procutil import port_in_use
+from edgecloud.procutil import die_with_parent, port_in_use
 from edgecloud.service import Endpoint, run_service, stop_event_on_signals
 
 log = get_logger("broker")
@@ -287,7 +287,10 @@ def _serve_mosquitto(config: BrokerConfig) -> None:
     conf.write_text(mosquitto_conf(config))
     stop = stop_event_on_signals()
     # Same process group as this service: a supervisor killing our group kills mosquitto too.
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdin=subprocess.DEVNULL)
+    # And it dies with us (SIGTERM: it saves its sessions), so a killed wrapper leaves no
+    # orphan holding the port that the restarted wrapper needs.
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdin=subprocess.DEVNULL,
+                            preexec_fn=die_with_parent(signal.SIGTERM))  # noqa: PLW1509
     log.info("broker started", site=config.site, kind="mosquitto", pid=proc.pid,
              listen=config.listen.url("mqtt"), conf=str(conf))
     while not stop.wait(0.2):

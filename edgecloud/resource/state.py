@@ -7,11 +7,12 @@ servers and WAN controls.
 
 from __future__ import annotations
 
+import fcntl
 import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from edgecloud.config import Home
 from edgecloud.errors import NotRunningError
@@ -30,10 +31,21 @@ class SiteRuntime(BaseModel):
     `files-<edge>` (-> that edge's `files-in`), `files-in` (-> this site's file server)."""
 
 
+ServiceHealth = Literal["running", "restarting", "failed"]
+
+
 class ServiceRuntime(BaseModel):
+    """One service process of the run, as the supervisor last saw it."""
+
     name: str
-    pid: int
+    pid: int = Field(description="the current (or, once failed, the last) process id")
     log: Path
+    started: float | None = Field(
+        None, description="the process's start time (epoch s): tells our pid from a later "
+                          "process that reuses it")
+    state: ServiceHealth = "running"
+    restarts: int = Field(0, description="restarts since the run started")
+    detail: str = Field("", description="why it is restarting or failed")
 
 
 class RunState(BaseModel):
@@ -41,6 +53,7 @@ class RunState(BaseModel):
     infra_file: Path
     home: Path
     supervisor_pid: int
+    supervisor_started: float | None = None
     broker_kind: Literal["amqtt", "mosquitto"]
     platform: Endpoint
     sites: list[SiteRuntime]
@@ -86,3 +99,24 @@ def read_admin_token(home: Home) -> str:
                               "home of a running `edgecloud up`?") from None
 
 
+
+
+def supervisor_holding(home: Home) -> int | None:
+    """The pid of the supervisor that holds this home's lock, or None if none does.
+
+    The lock (flock on `supervisor.lock`) is held for a supervisor's whole life and
+    released by the kernel when it dies, however it dies: unlike a pid in a file, it
+    cannot be stale. 0 means held, but the holder has not written its pid yet.
+    """
+    try:
+        fh = open(home.lock_file)  # noqa: SIM115 - closed below; never create it here
+    except FileNotFoundError:
+        return None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = fh.read().strip()
+            return int(text) if text.isdigit() else 0
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return None

@@ -7,11 +7,14 @@ healthy running, like Kubernetes' CrashLoopBackOff), and `statuses()` reports st
 restarts, the reason of the last exit, CPU and memory. Output goes to
 `<root>/<app>/<instance>/output.log`. Children die with the agent (PR_SET_PDEATHSIG), so a
 dead node's instances do not linger when they are moved elsewhere.
+
+Restart counts survive the agent: `<instance dir>/starts.json` records how often an
+instance (of one digest) was started, so an instance started again by a restarted agent
+(whose crash took the instance with it) counts as restarted.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -25,7 +28,9 @@ from typing import Any
 
 import psutil
 
+from edgecloud.config import write_private
 from edgecloud.log import get_logger
+from edgecloud.procutil import die_with_parent
 from edgecloud.resource.runtime.spec import InstanceSpec, InstanceState, InstanceStatus
 
 log = get_logger("runtime")
@@ -35,15 +40,7 @@ BACKOFF_MAX_S = 60.0
 HEALTHY_AFTER_S = 60.0
 LOG_MAX_BYTES = 20 << 20
 READY_FILE = "ready"  # written by the SDK runner once subscribed (entry instances only)
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
-    os.setsid()
+STARTS_FILE = "starts.json"  # {"digest": ..., "starts": n}: restart counts across agents
 
 
 @dataclass
@@ -60,6 +57,7 @@ class _Instance:
     started_at: float | None = None
     next_start: float = 0.0
     failures_in_row: int = 0
+    prior_starts: int = 0  # starts by earlier agents (from STARTS_FILE)
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
@@ -93,7 +91,10 @@ class ProcessRuntime:
             for key, spec in wanted.items():
                 if key not in self._instances:
                     d = self.root / "instances" / spec.app / spec.name
-                    self._instances[key] = _Instance(spec, spec.digest(), d)
+                    prior = _previous_starts(d, spec)
+                    self._instances[key] = _Instance(spec, spec.digest(), d,
+                                                     restarts=max(0, prior - 1),
+                                                     prior_starts=prior)
 
     def statuses(self) -> list[InstanceStatus]:
         with self._lock:
@@ -164,14 +165,16 @@ class ProcessRuntime:
             with open(out, "ab") as fh:
                 inst.proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, env=env, cwd=inst.dir,
-                                             preexec_fn=_die_with_parent)  # noqa: PLW1509
+                                             start_new_session=True,
+                                             preexec_fn=die_with_parent())  # noqa: PLW1509
         except OSError as exc:
             inst.state, inst.reason = "Failed", f"cannot start {argv[0]!r}: {exc.strerror}"
             log.error("instance start failed", instance=spec.key, reason=inst.reason)
             return
-        if inst.started_at is not None:
-            inst.restarts += 1
+        if inst.started_at is not None or inst.prior_starts:
+            inst.restarts += 1  # started before: by us, or by an agent before this one
         inst.started_at = time.time()
+        _save_starts(inst)
         inst.state = "Running"
         try:
             inst.ps = psutil.Process(inst.proc.pid)
@@ -184,6 +187,8 @@ class ProcessRuntime:
         proc = inst.proc
         inst.proc = None
         inst.state = "Succeeded"
+        if reason != "agent stopped":  # removed or replaced: a later one starts from zero
+            (inst.dir / STARTS_FILE).unlink(missing_ok=True)
         if proc is None or proc.poll() is not None:
             return
         try:
@@ -221,6 +226,23 @@ class ProcessRuntime:
             pid=inst.proc.pid if inst.proc else None, exit_code=inst.exit_code,
             reason=inst.reason, started_at=inst.started_at, cpu_percent=cpu, memory_rss=rss,
             metrics=metrics)
+
+
+def _previous_starts(d: Path, spec: InstanceSpec) -> int:
+    """How often this instance (same digest) was started before, per its instance dir."""
+    data = _read_json(d / STARTS_FILE)
+    starts = data.get("starts")
+    if data.get("digest") != spec.digest() or not isinstance(starts, int):
+        return 0
+    return max(0, starts)
+
+
+def _save_starts(inst: _Instance) -> None:
+    try:
+        write_private(inst.dir / STARTS_FILE,
+                      json.dumps({"digest": inst.digest, "starts": inst.restarts + 1}))
+    except OSError as exc:  # counting is best effort; running the instance is not
+        log.warning("cannot record instance start", instance=inst.spec.key, error=str(exc))
 
 
 def _last_line(path: Path, limit: int = 4096) -> str:
