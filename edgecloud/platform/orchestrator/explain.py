@@ -44,7 +44,8 @@ def _explain(comps: list[_Comp], all_nodes: list[PlacementNode], free: dict[str,
                         f"eligible node: {short[0]} has {_fmt(dim, max(free[short[0]][k], 0))}"
                         + (f" ({len(short)} such nodes)" if len(short) > 1 else ""))
             elif not any(free[n][k] >= c.req[k] for n in c.eligible):
-                best = max(c.eligible, key=lambda n, k=k: free[n][k])
+                amounts = {n: free[n][k] for n in c.eligible}
+                best = max(amounts, key=amounts.__getitem__)  # the first of the largest
                 return PlacementError(
                     f"{what} needs {need} at site(s) {', '.join(sites)}: no eligible Ready "
                     f"node has {dim} >= {_fmt(dim, c.req[k])} free ({best} has "
@@ -59,12 +60,12 @@ def _explain(comps: list[_Comp], all_nodes: list[PlacementNode], free: dict[str,
         else:
             lo = mid
     c = comps[hi - 1]
-    need = [sum(x.count * x.req[k] for x in comps[:hi] if set(x.eligible) & set(c.eligible))
-            for k in range(3)]
+    needed = [sum(x.count * x.req[k] for x in comps[:hi]
+                  if set(x.eligible) & set(c.eligible)) for k in range(3)]
     have = [sum(max(free[n][k], 0) for n in c.eligible) for k in range(3)]
-    short = [f"{d} {_fmt(d, need[k])} needed, {_fmt(d, have[k])} free"
-             for k, d in enumerate(dims) if need[k] > have[k]]
-    detail = "; ".join(short) or "capacity is too fragmented across nodes"
+    lacking = [f"{d} {_fmt(d, needed[k])} needed, {_fmt(d, have[k])} free"
+               for k, d in enumerate(dims) if needed[k] > have[k]]
+    detail = "; ".join(lacking) or "capacity is too fragmented across nodes"
     others = ", ".join(x.spec.name for x in comps[:hi - 1]) or "none"
     return PlacementError(f"component {c.spec.name!r} of {c.app!r} cannot be placed: jointly "
                           f"infeasible with the components before it ({others}): {detail} on "

@@ -58,11 +58,11 @@ def _name_instances(c: _Comp, counts: dict[str, int], nodes: dict[str, Placement
         return sorted(out, key=lambda i: _index_of((i.name, "")))
     unplaced = []
     for name in (f"{c.spec.name}-{i}" for i in range(c.count)):
-        node = mine.get(name)
-        if node is not None and slots.get(node, 0) > 0:
-            slots[node] -= 1
-            out.append(Instance(name=name, component=c.spec.name, site=nodes[node].site,
-                                node=node))
+        was = mine.get(name)
+        if was is not None and slots.get(was, 0) > 0:
+            slots[was] -= 1
+            out.append(Instance(name=name, component=c.spec.name, site=nodes[was].site,
+                                node=was))
         else:
             unplaced.append(name)
     free_slots = [n for n in sorted(slots) for _ in range(slots[n])]

@@ -15,7 +15,7 @@ from edgecloud.platform.orchestrator.model import Vec, _Comp, _Group
 
 def _solve(comps: list[_Comp], groups: dict[str, _Group], cur: dict[str, dict[str, int]],
            time_limit_s: float, peak_time_s: float | None = None, optimize: bool = True
-           ) -> tuple[int, dict[str, dict[str, int]] | None]:
+           ) -> tuple[cp_model.CpSolverStatus, dict[str, dict[str, int]] | None]:
     """Counts per (component, group); None when infeasible (or no solution in time).
 
     Two stages on one model: WAN and moves (started from a greedy hint, usually proven
@@ -74,7 +74,7 @@ def _solve(comps: list[_Comp], groups: dict[str, _Group], cur: dict[str, dict[st
 
 @dataclass
 class _Result:
-    status: int
+    status: cp_model.CpSolverStatus
     counts: dict[str, dict[str, int]] | None  # component -> group -> count; None: no solution
     values: dict[cp_model.IntVar, int] = field(default_factory=dict)
     objective: int = 0
@@ -102,6 +102,8 @@ def _fits(req: Vec, free: Vec) -> int:
 
 
 Load = dict[str, list[list[tuple[int, "cp_model.IntVar | int"]]]]
+Expr = cp_model.LinearExpr | int
+"""A linear expression over the model's variables, or a constant (`sum` of none is 0)."""
 
 
 def _capacity(m: cp_model.CpModel, comps: list[_Comp], groups: dict[str, _Group]) -> Load:
@@ -151,12 +153,12 @@ def _peak_value(groups: dict[str, _Group], load: Load,
 
 def _wan_terms(m: cp_model.CpModel, comps: list[_Comp], groups: dict[str, _Group],
                hint: dict[str, dict[str, int]], hints: dict[cp_model.IntVar, int]
-               ) -> cp_model.LinearExprT:
+               ) -> Expr:
     """1. WAN traffic: instances of A at a site where no instance of a target B runs."""
     by_key = {(c.app, c.spec.name): c for c in comps}
-    site_count: dict[tuple[str, str], tuple[cp_model.LinearExprT, int]] = {}
+    site_count: dict[tuple[str, str], tuple[Expr, int]] = {}
 
-    def at_site(c: _Comp, site: str) -> tuple[cp_model.LinearExprT, int]:
+    def at_site(c: _Comp, site: str) -> tuple[Expr, int]:
         key = (c.key, site)
         if key not in site_count:
             gs = [g for g in c.vars if groups[g].site == site]
@@ -190,14 +192,14 @@ def _wan_terms(m: cp_model.CpModel, comps: list[_Comp], groups: dict[str, _Group
 
 def _moves(m: cp_model.CpModel, comps: list[_Comp], group_of: dict[str, str],
            cur: dict[str, dict[str, int]], hint: dict[str, dict[str, int]],
-           hints: dict[cp_model.IntVar, int]) -> tuple[cp_model.LinearExprT, int]:
+           hints: dict[cp_model.IntVar, int]) -> tuple[Expr, int]:
     """2. moves: current instances (on eligible Ready nodes) not kept on their node.
 
     Counted per class: of the `k` current instances of c on a class's nodes, min(k, x)
     can stay, and `_spread` puts the class's instances on those nodes first (a class
     where that fails is split into single nodes and the model re-solved).
     """
-    kept_terms: list[cp_model.LinearExprT] = []
+    kept_terms: list[Expr] = []
     total_current = 0
     for c in comps:
         here: dict[str, int] = defaultdict(int)
@@ -226,16 +228,16 @@ def _greedy(comps: list[_Comp], groups: dict[str, _Group], cur: dict[str, dict[s
     out: dict[str, dict[str, int]] = {}
     for c in comps:
         if c.fixed:
-            out[c.key] = {g: int(x) for g, x in c.vars.items()}
-            for g, x in c.vars.items():
+            out[c.key] = _fixed_counts(c)
+            for g, x in out[c.key].items():
                 for k in range(3):
-                    left[g][k] -= c.req[k] * int(x)
+                    left[g][k] -= c.req[k] * x
     todo = sorted((c for c in comps if not c.fixed),
                   key=lambda c: (-c.req[0] * c.count, c.key))
     for c in todo:
         by_site: dict[str, list[str]] = defaultdict(list)
-        for g, x in c.vars.items():
-            if not isinstance(x, int):
+        for g, var in c.vars.items():
+            if not isinstance(var, int):
                 by_site[groups[g].site].append(g)
         counts: dict[str, int] = defaultdict(int)
         for g, k in sorted(cur[c.key].items()):
@@ -262,3 +264,8 @@ def _greedy(comps: list[_Comp], groups: dict[str, _Group], cur: dict[str, dict[s
                     break
         out[c.key] = dict(counts)
     return out
+
+
+def _fixed_counts(c: _Comp) -> dict[str, int]:
+    """A perNode component's counts per group: constants (its group sizes), not variables."""
+    return {g: x for g, x in c.vars.items() if isinstance(x, int)}
