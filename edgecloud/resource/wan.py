@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import signal
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import httpx
@@ -104,13 +105,20 @@ class WanProxy:
     async def start(self) -> None:
         for route in self.config.routes:
             server = await asyncio.start_server(
-                lambda r, w, route=route: self._track(self._handle(route, r, w)),
-                route.listen.host, route.listen.port, reuse_address=True)
+                self._on_connect(route), route.listen.host, route.listen.port,
+                reuse_address=True)
             self._servers.append(server)
         log.info("WAN emulation up", site=self.config.site, routes=len(self.config.routes),
                  **self.link.settings.model_dump())
 
-    def _track(self, coro: Any) -> None:
+    def _on_connect(self, route: Route
+                    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], None]:
+        """The route server's callback: relay each accepted connection in a tracked task."""
+        def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self._track(self._handle(route, reader, writer))
+        return accept
+
+    def _track(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

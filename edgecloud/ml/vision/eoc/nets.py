@@ -87,6 +87,9 @@ class TrunkNet(nn.Module):
     (:meth:`pretrained`); a saved EOC carries its trunk, so the edge needs no other file.
     """
 
+    mu: torch.Tensor  # buffers (registered in __init__), typed for the checker
+    sd: torch.Tensor
+
     def __init__(self, blocks: int = 12, source: EfficientNetLite0 | None = None) -> None:
         super().__init__()
         src = source or EfficientNetLite0()
