@@ -88,9 +88,10 @@ def _statements(body: list[ast.stmt], type_only: bool = False, top: bool = True
         else:  # try/with/for/while/match blocks run where they stand
             for field in ("body", "orelse", "finalbody", "handlers", "cases"):
                 for block in getattr(node, field, None) or []:
-                    inner = block.body if isinstance(block, ast.excepthandler | ast.match_case) \
-                        else [block]
-                    out += _statements(inner, type_only, top)
+                    if isinstance(block, ast.ExceptHandler | ast.match_case):
+                        out += _statements(block.body, type_only, top)
+                    else:
+                        out += _statements([block], type_only, top)
     return out
 
 
