@@ -26,13 +26,13 @@ from rich.console import Console
 from rich.table import Table
 
 from edgecloud.application.topology import Application
-from edgecloud.platform.orchestrator import NodeInfo, PlacementError, place, plan_cost
+from edgecloud.platform.orchestrator import PlacementError, PlacementNode, place, plan_cost
 from edgecloud.resource.infra import Resources
 
 GIB = 1 << 30
 
 
-def make_nodes(sites: int = 10, per_site: int = 100, cloud_nodes: int = 10) -> list[NodeInfo]:
+def make_nodes(sites: int = 10, per_site: int = 100, cloud_nodes: int = 10) -> list[PlacementNode]:
     """Edge sites of mixed node kinds plus a cloud site."""
     kinds = [  # (share, prefix, cpu, memory GiB, gpu, labels)
         (0.35, "rpi4", 4, 4, 0, {"camera": "true"}),
@@ -41,18 +41,18 @@ def make_nodes(sites: int = 10, per_site: int = 100, cloud_nodes: int = 10) -> l
         (0.10, "jet", 6, 8, 1, {"accelerator": "gpu", "camera": "true"}),
         (0.10, "gw", 2, 2, 0, {"role": "gateway"}),
     ]
-    nodes: list[NodeInfo] = []
+    nodes: list[PlacementNode] = []
     for s in range(1, sites + 1):
         site = f"ec-{s}"
         left = per_site
         for k, (share, prefix, cpu, mem, gpu, labels) in enumerate(kinds):
             n = left if k == len(kinds) - 1 else round(share * per_site)
             left -= n
-            nodes += [NodeInfo(name=f"{site}-{prefix}-{i}", site=site, site_kind="edge",
+            nodes += [PlacementNode(name=f"{site}-{prefix}-{i}", site=site, site_kind="edge",
                                labels=labels, resources=Resources(cpu=cpu, memory=mem * GIB,
                                                                   gpu=gpu))
                       for i in range(n)]
-    nodes += [NodeInfo(name=f"cc-{i}", site="cloud", site_kind="cloud", labels={"tier": "big"},
+    nodes += [PlacementNode(name=f"cc-{i}", site="cloud", site_kind="cloud", labels={"tier": "big"},
                        resources=Resources(cpu=64, memory=256 * GIB, gpu=4))
               for i in range(cloud_nodes)]
     return nodes

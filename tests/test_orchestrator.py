@@ -15,9 +15,9 @@ import pytest
 from edgecloud.application.plan import DeploymentPlan
 from edgecloud.application.topology import Application, load_application, matches
 from edgecloud.platform.orchestrator import (
-    NodeInfo,
     PlacedInstance,
     PlacementError,
+    PlacementNode,
     place,
     plan_cost,
 )
@@ -35,19 +35,19 @@ def mkapp(name: str, *components: dict[str, Any]) -> Application:
 
 
 def node(name: str, site: str, cpu: float = 4, mem: int = 4, gpu: int = 0,
-         labels: dict[str, str] | None = None, ready: bool = True) -> NodeInfo:
-    return NodeInfo(name=name, site=site, site_kind="cloud" if site == "cloud" else "edge",
+         labels: dict[str, str] | None = None, ready: bool = True) -> PlacementNode:
+    return PlacementNode(name=name, site=site, site_kind="cloud" if site == "cloud" else "edge",
                     labels=labels or {}, ready=ready,
                     resources=Resources(cpu=cpu, memory=mem * GIB, gpu=gpu))
 
 
-def ace_nodes() -> list[NodeInfo]:
+def ace_nodes() -> list[PlacementNode]:
     infra = load_infrastructure(ROOT / "examples/infra/ace-testbed.yaml")
-    return [NodeInfo(name=n.name, site=s.name, site_kind=s.kind, labels=n.labels,
+    return [PlacementNode(name=n.name, site=s.name, site_kind=s.kind, labels=n.labels,
                      resources=n.resources) for s in infra.spec.sites for n in s.nodes]
 
 
-def check_hard(plans: dict[str, DeploymentPlan], nodes: list[NodeInfo],
+def check_hard(plans: dict[str, DeploymentPlan], nodes: list[PlacementNode],
                placed: list[PlacedInstance] = ()) -> None:  # type: ignore[assignment]
     """Every hard constraint, checked from the plans alone."""
     by_name = {n.name: n for n in nodes}
@@ -191,7 +191,40 @@ def test_not_ready_node_moves_only_its_instances() -> None:
     assert plan_cost([second], nodes2, current=current)[1] == len(moved)
 
 
-def brute_force(app: Application, nodes: list[NodeInfo], placed: list[PlacedInstance],
+
+@pytest.mark.parametrize("merge", [False, True], ids=["exact", "classes"])
+def test_replan_never_targets_a_not_ready_node(merge: bool,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reported: "re-planning can move an instance onto another NotReady node". Two nodes go
+    NotReady, one that ran instances and an empty, big one (the best target if it were
+    eligible); `current` still points at the first and names instances on both: nothing is
+    planned on either, and the instances that were not on them stay where they are."""
+    from edgecloud.platform.orchestrator import planner
+
+    if merge:
+        monkeypatch.setattr(planner, "EXACT_MAX_VARS", 0)
+    nodes = [node(f"ec-1-n{k}", "ec-1", cpu=2, mem=2, labels={"camera": "true"})
+             for k in range(4)] + [node("ec-1-big", "ec-1", cpu=32, mem=32,
+                                        labels={"camera": "true"})]
+    app = mkapp("a", {"name": "cam", "site": "edge", "perNode": {"labels": {"camera": "true"}},
+                      "resources": {"cpu": 0.25}},
+                {"name": "w", "site": "edge", "replicas": 6, "resources": {"cpu": 0.5}})
+    small = [n.name for n in nodes if n.name != "ec-1-big"]
+    first = place([app], [n.model_copy(update={"ready": n.name in small}) for n in nodes])["a"]
+    current = {i.name: i.node for i in first.instances}
+    lost = first.instances_of("w")[0].node
+    current["w-5"] = "ec-1-big"  # a stale entry naming the other NotReady node
+    down = {lost, "ec-1-big"}
+    nodes2 = [n.model_copy(update={"ready": n.name not in down}) for n in nodes]
+    second = place([app], nodes2, current=current)["a"]
+    check_hard({"a": second}, nodes2)
+    assert not [i for i in second.instances if i.node in down]
+    assert len(second.instances_of("w")) == 6
+    stayed = {i.name for i in second.instances if current.get(i.name) == i.node}
+    assert stayed == {name for name, n in current.items() if n not in down}
+
+
+def brute_force(app: Application, nodes: list[PlacementNode], placed: list[PlacedInstance],
                  current: dict[str, str]) -> tuple[int, int, int] | None:
     """The lexicographic optimum (WAN, moves, peak CPU per-mille) by enumeration."""
     ready = [n for n in nodes if n.ready]
@@ -241,7 +274,7 @@ def brute_force(app: Application, nodes: list[NodeInfo], placed: list[PlacedInst
     return best
 
 
-def random_case(rnd: random.Random) -> tuple[Application, list[NodeInfo],
+def random_case(rnd: random.Random) -> tuple[Application, list[PlacementNode],
                                                list[PlacedInstance], dict[str, str]]:
     sites = ["cloud", "ec-1", "ec-2"][:rnd.randint(2, 3)]
     nodes = [node(f"n{k}", rnd.choice(sites), cpu=rnd.choice([1, 2, 4, 8]),
@@ -309,7 +342,7 @@ def test_merged_classes_keep_constraints_and_exact_wan_and_moves(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Identical nodes merged into classes: hard constraints hold, WAN and moves equal the
     exact model's (only the balance term is approximated by class averages)."""
-    from edgecloud.platform import orchestrator
+    from edgecloud.platform.orchestrator import planner
 
     nodes = [node(f"ec-{s}-n{k}", f"ec-{s}", cpu=2, mem=2,
                   labels={"camera": "true"} if k % 2 else {})
@@ -320,7 +353,7 @@ def test_merged_classes_keep_constraints_and_exact_wan_and_moves(
                  "connections": ["sink"]},
                 {"name": "sink", "site": "cloud", "replicas": 2})
     exact = place([app], nodes)
-    monkeypatch.setattr(orchestrator, "EXACT_MAX_VARS", 0)
+    monkeypatch.setattr(planner, "EXACT_MAX_VARS", 0)
     merged = place([app], nodes)
     check_hard(merged, nodes)
     assert plan_cost(list(merged.values()), nodes)[:2] == plan_cost(list(exact.values()),
@@ -344,7 +377,7 @@ def test_bench_size_within_goal() -> None:
 def test_merged_classes_keep_instances_on_their_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Re-plan with classes (current instances counted per class, kept first by the
     spread): as few moves as the exact model; `<app>/<instance>` keys for several apps."""
-    from edgecloud.platform import orchestrator
+    from edgecloud.platform.orchestrator import planner
 
     nodes = [node(f"ec-{s}-n{k}", f"ec-{s}", cpu=2, mem=2) for s in (1, 2) for k in range(6)]
     apps = [mkapp(name, {"name": "w", "site": "edge", "replicas": 10, "resources": {"cpu": 0.5},
@@ -356,7 +389,7 @@ def test_merged_classes_keep_instances_on_their_nodes(monkeypatch: pytest.Monkey
     lost = first["p"].instances_of("w")[0].node
     nodes2 = [n.model_copy(update={"ready": n.name != lost}) for n in nodes]
     exact = place(apps, nodes2, current=current)
-    monkeypatch.setattr(orchestrator, "EXACT_MAX_VARS", 0)
+    monkeypatch.setattr(planner, "EXACT_MAX_VARS", 0)
     merged = place(apps, nodes2, current=current)
     check_hard(merged, nodes2)
     forced = sum(1 for n in current.values() if n == lost)

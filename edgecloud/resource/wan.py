@@ -3,7 +3,7 @@
 The kernel here has no netem, so every cross-site TCP path (bridge, file transfers,
 agents' control traffic) passes through its edge site's proxy (routes in
 docs/internals.md). The proxy terminates TCP on both sides and shapes the bytes between
-(model and mechanics in `wan_shaper`):
+(data-path model and mechanics in `wan_shaper`, settings and config in `wan_models`):
 
 - rate: one serialisation queue per direction per site, shared by every connection of the
   site, like one link: a chunk of n bytes leaves at max(now, link free) + 8n/rate;
@@ -25,86 +25,26 @@ import asyncio
 import contextlib
 import json
 import signal
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from edgecloud.errors import UserError
 from edgecloud.log import get_logger
-from edgecloud.resource.infra import WanSpec
+from edgecloud.resource.wan_models import LinkSettings, LinkStatus, LinkUpdate, Route, WanConfig
 from edgecloud.resource.wan_shaper import Link, relay
-from edgecloud.service import Endpoint, quiet_uvicorn, run_service
+from edgecloud.service import quiet_uvicorn, run_service
 
 log = get_logger("wan")
 
 SAVE_EVERY_S = 1.0
 
-class LinkSettings(BaseModel):
-    """Live settings of one edge site's WAN link (rates in bit/s, None = unlimited)."""
-
-    up_bps: float | None = Field(None, gt=0, description="edge -> cloud (None = unlimited)")
-    down_bps: float | None = Field(None, gt=0, description="cloud -> edge (None = unlimited)")
-    delay_s: float = Field(0.0, ge=0, le=60, description="one-way delay in seconds")
-    jitter_s: float = Field(0.0, ge=0, le=60, description="std deviation of the delay")
-    loss: float = Field(0.0, ge=0, lt=1, description="probability a chunk is retransmitted")
-    partitioned: bool = False
-
-    @classmethod
-    def from_spec(cls, spec: WanSpec | None) -> LinkSettings:
-        """Settings declared in the infrastructure file (None: an unshaped link)."""
-        if spec is None:
-            return cls()
-        return cls(up_bps=spec.up, down_bps=spec.down, delay_s=spec.delay,
-                   jitter_s=spec.jitter, loss=spec.loss)
-
-
-class LinkUpdate(BaseModel):
-    """Body of `PATCH /link`: only the fields given change (a null rate = unlimited)."""
-
-    model_config = ConfigDict(extra="forbid")
-    up_bps: float | None = Field(None, gt=0)
-    down_bps: float | None = Field(None, gt=0)
-    delay_s: float = Field(None, ge=0, le=60)  # type: ignore[assignment]
-    jitter_s: float = Field(None, ge=0, le=60)  # type: ignore[assignment]
-    loss: float = Field(None, ge=0, lt=1)  # type: ignore[assignment]
-    partitioned: bool = None  # type: ignore[assignment]
-    # (non-rate fields are typed without None so an explicit null is a 422, not a crash)
-
-
-class Route(BaseModel):
-    """listen -> target; bytes from the connecting client to the target flow `up` when
-    the initiator is the edge side, `down` when it is the cloud side."""
-
-    name: str
-    listen: Endpoint
-    target: Endpoint
-    initiator: Literal["edge", "cloud"]
-
-
-class WanConfig(BaseModel):
-    """Config of `python -m edgecloud.resource.wan` (one process per edge site)."""
-
-    site: str
-    control: Endpoint
-    routes: list[Route]
-    link: LinkSettings = LinkSettings()
-    state_file: Path
-
-
-class LinkStatus(BaseModel):
-    """What `GET /link` answers: settings and payload bytes delivered since `since`."""
-
-    site: str
-    settings: LinkSettings
-    bytes_up: int
-    bytes_down: int
-    by_route: dict[str, dict[str, int]] = Field(
-        default={}, description="the same bytes per route: {route: {'up': n, 'down': n}}")
-    connections: int
-    since: float
+# The models live in wan_models (shared with wan_shaper); importers keep using this module.
+__all__ = ["LinkClient", "LinkSettings", "LinkStatus", "LinkUpdate", "Route", "WanConfig",
+           "WanProxy"]
 
 
 class WanProxy:
@@ -165,13 +105,20 @@ class WanProxy:
     async def start(self) -> None:
         for route in self.config.routes:
             server = await asyncio.start_server(
-                lambda r, w, route=route: self._track(self._handle(route, r, w)),
-                route.listen.host, route.listen.port, reuse_address=True)
+                self._on_connect(route), route.listen.host, route.listen.port,
+                reuse_address=True)
             self._servers.append(server)
         log.info("WAN emulation up", site=self.config.site, routes=len(self.config.routes),
                  **self.link.settings.model_dump())
 
-    def _track(self, coro: Any) -> None:
+    def _on_connect(self, route: Route
+                    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], None]:
+        """The route server's callback: relay each accepted connection in a tracked task."""
+        def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self._track(self._handle(route, reader, writer))
+        return accept
+
+    def _track(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

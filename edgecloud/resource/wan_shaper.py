@@ -21,12 +21,10 @@ import asyncio
 import random
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from edgecloud.log import get_logger
-
-if TYPE_CHECKING:
-    from edgecloud.resource.wan import LinkSettings
+from edgecloud.resource.wan_models import LinkSettings
 
 log = get_logger("wan")
 

@@ -103,7 +103,7 @@ def quantize_onnx_int8(onnx_path: str | Path, calibration: Iterable[torch.Tensor
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    class _Reader(CalibrationDataReader):  # type: ignore[misc]
+    class _Reader(CalibrationDataReader):
         def __init__(self, name: str) -> None:
             self.feeds = iter([{name: b} for b in batches])
 

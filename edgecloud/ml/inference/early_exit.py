@@ -141,9 +141,9 @@ def train_early_exit(model: EarlyExitCNN, data: ImageSet, *, epochs: int = 2,
             outs = model(x[idx])
             loss = sum(w * loss_fn(o, y[idx]) for w, o in zip(weights, outs, strict=True))
             opt.zero_grad()
-            loss.backward()  # type: ignore[union-attr]
+            loss.backward()
             opt.step()
-            total += float(loss.detach())  # type: ignore[union-attr]
+            total += float(loss.detach())
             if progress:
                 progress(epoch * steps + s + 1, epochs * steps)
         losses.append(total / steps)

@@ -93,8 +93,8 @@ class HardExampleFilter(ABC):
     name: ClassVar[str] = ""
     input_kind: ClassVar[InputKind] = "scores"
 
-    class Params(FilterParams):
-        pass
+    Params: ClassVar[type[FilterParams]] = FilterParams
+    """The model of the filter's params (a FilterParams subclass; none by default)."""
 
     def __init__(self, params: FilterParams | None = None) -> None:
         self.params: Any = params if params is not None else self.Params()

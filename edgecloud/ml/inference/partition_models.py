@@ -50,4 +50,4 @@ def named_partition(name: str, cuts: str | Sequence[str] | None = "coarse",
         return part.select(coarse), example
     if isinstance(cuts, str):
         raise UserError(f"cuts: expected 'coarse', 'all' or a list of node names, got {cuts!r}")
-    return part.select(list(cuts)), example
+    return part.select(None if cuts is None else list(cuts)), example  # None: every cut

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -110,8 +110,9 @@ class FLClient:
             anchor = [p.detach().clone() for p in self.model.parameters()]
 
             def penalty(m: nn.Module) -> torch.Tensor:
-                return 0.5 * mu * sum(((p - a) ** 2).sum()
-                                      for p, a in zip(m.parameters(), anchor, strict=True))
+                # a sum of (at least one) tensors is a tensor; the stub says int | Tensor
+                return cast(torch.Tensor, 0.5 * mu * sum(
+                    ((p - a) ** 2).sum() for p, a in zip(m.parameters(), anchor, strict=True)))
         t0 = time.perf_counter()
         steps = config.get("local_steps")
         stats = train_epoch(self.model, self.x, self.y, lr=float(config.get("lr", 0.05)),

@@ -262,7 +262,8 @@ class FLServer:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            # numpy's stub types **kwds as if a key could be its `allow_pickle` flag
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
 
     def load(self, path: Path) -> None:

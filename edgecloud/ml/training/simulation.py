@@ -102,7 +102,7 @@ def build_clients(cfg: SimConfig) -> tuple[list[FLClient], tuple[torch.Tensor, t
                                 ratio=cfg.ratio, error_feedback=cfg.error_feedback,
                                 dp_clip=cfg.dp.clip if cfg.dp else None, seed=cfg.seed + k))
     if cfg.test_limit is not None:
-        test = test.subset(range(min(cfg.test_limit, len(test))))
+        test = test.subset(list(range(min(cfg.test_limit, len(test)))))
     return clients, test.tensors()
 
 

@@ -23,6 +23,8 @@ __all__ = ["Box", "FrameDifferencer", "decode_jpeg", "encode_jpeg"]
 
 Box = tuple[int, int, int, int]  # x, y, w, h of the padded, clamped crop in frame pixels
 
+_KERNEL_3X3 = np.ones((3, 3), np.uint8)  # what OpenCV's dilate/erode use for kernel=None
+
 
 @dataclass
 class FrameDifferencer:
@@ -45,9 +47,9 @@ class FrameDifferencer:
             both = cv2.cvtColor(both, cv2.COLOR_BGR2GRAY)
         _, m = cv2.threshold(both, self.threshold, 255, cv2.THRESH_BINARY)
         if self.dilate:
-            m = cv2.dilate(m, None, iterations=self.dilate)
+            m = cv2.dilate(m, _KERNEL_3X3, iterations=self.dilate)
         if self.erode:
-            m = cv2.erode(m, None, iterations=self.erode)
+            m = cv2.erode(m, _KERNEL_3X3, iterations=self.erode)
         return m
 
     def boxes(self, f1: np.ndarray, f2: np.ndarray, f3: np.ndarray) -> list[Box]:

@@ -2,6 +2,7 @@
 
 - :mod:`.coordinator` — the coordinator (parameter server): shares, steps, checkpoints,
   membership; the module docstring says why it is not torch.distributed;
+- :mod:`.job` — the job's settings (JobConfig), events and per-step report (JobReport);
 - :mod:`.balance` — EWMA throughput tracking and share planning (equal / aware);
 - :mod:`.worker` — the worker process (gradient of its share, emulated device speed);
 - :mod:`.wire` — the framed, pydantic-validated messages between them;
@@ -18,14 +19,8 @@ Example::
 """
 
 from edgecloud.ml.training.edge_dp.balance import ThroughputTracker, plan_shares, split_batch
-from edgecloud.ml.training.edge_dp.coordinator import (
-    Coordinator,
-    Event,
-    JobConfig,
-    JobReport,
-    NoWorkers,
-    StepRecord,
-)
+from edgecloud.ml.training.edge_dp.coordinator import Coordinator, NoWorkers
+from edgecloud.ml.training.edge_dp.job import Event, JobConfig, JobReport, StepRecord
 from edgecloud.ml.training.edge_dp.model import FashionResNet
 from edgecloud.ml.training.edge_dp.worker import run_worker, spawn_worker
 
