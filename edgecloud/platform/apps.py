@@ -23,7 +23,7 @@ from edgecloud.errors import UserError
 from edgecloud.log import get_logger
 from edgecloud.platform.core import Platform
 from edgecloud.platform.monitor import NodeTransition
-from edgecloud.platform.orchestrator import NodeInfo as PlacementNode
+from edgecloud.platform.orchestrator import PlacementNode
 from edgecloud.platform.orchestrator import PlacedInstance, PlacementError, place
 from edgecloud.resource.infra import Resources
 from edgecloud.resource.runtime import InstanceSpec
