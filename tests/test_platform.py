@@ -331,3 +331,49 @@ def test_typed_heartbeat_and_assignment_round_trip(plat: Plat) -> None:
         r = c._http.post("/nodes/ec-2/ec-2-typed/heartbeat", json={
             "metrics": hb.metrics.model_dump(), "instances": [{"app": "demo"}]})
     assert r.status_code == 422 and "instances[0]" in r.json()["detail"]
+
+
+APP = """apiVersion: edgecloud/v1
+kind: Application
+metadata: {name: mapped}
+spec:
+  components:
+    - {name: %s, command: [sleep, "100"], site: cloud%s}
+"""
+
+
+def deploy_body(name: str = "worker", extra: str = "") -> dict[str, Any]:
+    import yaml
+
+    return {"topology": yaml.safe_load(APP % (name, extra))}
+
+
+def test_api_errors_are_mapped_in_one_place(plat: Plat) -> None:
+    """Each kind of user error has its status, with a readable `detail`, from the one
+    exception mapping (no route catches errors itself)."""
+    token = join(plat, "cloud", "cc-api", resources=Resources(cpu=2, memory=1 << 30))
+    with plat.http() as h:
+        assert h.get("/apps/nope").status_code == 404
+        assert h.get("/apps/nope/plan").status_code == 404
+        assert h.delete("/apps/nope").status_code == 404
+        r = h.post("/apps", json=deploy_body("controller"))
+        assert r.status_code == 422 and "spec.components[0].name" in r.json()["detail"] \
+            and "reserved" in r.json()["detail"]
+        r = h.post("/apps", json={**deploy_body(), "colour": "red"})
+        assert r.status_code == 422 and "colour" in r.json()["detail"]
+        r = h.post("/apps", json=deploy_body(extra=", site: ec-9"))
+        assert r.status_code == 422
+        beat(plat, token, "cloud", "cc-api")
+        r = h.post("/apps", json=deploy_body(extra=", replicas: 500, resources: {cpu: 2}"))
+        assert r.status_code == 409 and r.json()["detail"].startswith("no deployment plan: ")
+        beat(plat, token, "cloud", "cc-api")
+        r = h.post("/apps", json=deploy_body())
+        assert r.status_code == 201, r.text
+        assert r.json()["app"] == "mapped" and "topology" in r.json()
+        r = h.post("/apps", json=deploy_body())
+        assert r.status_code == 409 and "already deployed" in r.json()["detail"]
+        r = h.put("/apps/other", json=deploy_body())
+        assert r.status_code == 422
+        r = h.get("/apps/mapped/logs", params={"select": "nothing"})
+        assert r.status_code == 404 and "known: worker" in r.json()["detail"]
+        assert h.delete("/apps/mapped").status_code == 204

@@ -61,7 +61,7 @@ def plan(file: Annotated[Path, typer.Argument(help="Topology file")],
         client, state = app_lifecycle.client_for(home_of(home))
         with client:
             req = app_lifecycle.deploy_request(file, state, upload=False)
-            doc = client.request("POST", "/apps/plan", "plan", json=app_lifecycle.wire(req))
+            doc = client.request("POST", "/apps/plan", "plan", json=req)
     else:
         inf = _infra(infra, home)
         if inf is None:
@@ -115,8 +115,7 @@ def export(name_or_file: Annotated[str, typer.Argument(
         with client:
             if path.is_file():
                 req = app_lifecycle.deploy_request(path, state, upload=False)
-                doc = client.request("POST", "/apps/plan", "plan",
-                                     json=app_lifecycle.wire(req))
+                doc = client.request("POST", "/apps/plan", "plan", json=req)
             else:
                 doc = client.request("GET", f"/apps/{name_or_file}/plan", "app plan")
         plan = DeploymentPlan.model_validate(doc)

@@ -54,10 +54,6 @@ def deploy_request(file: Path, state: RunState, upload: bool = True) -> DeployRe
                              source_dir, list(application.spec.python_path or [])))
 
 
-def wire(req: DeployRequest) -> dict[str, Any]:
-    """The JSON body of a DeployRequest (the topology as its file spells it)."""
-    return req.model_dump(mode="json", by_alias=True)
-
 
 def app_detail(client: PlatformClient, name: str) -> AppDetail:
     return AppDetail.model_validate(client.request("GET", f"/apps/{name}", "app status"))
@@ -75,7 +71,7 @@ def deploy(file: FileArg, home: HomeOption = None, wait: WaitOpt = 60.0,
     client, state = client_for(home_of(home))
     with client:
         plan = DeploymentPlan.model_validate(client.request(
-            "POST", "/apps", "deploy", json=wire(deploy_request(file, state))))
+            "POST", "/apps", "deploy", json=deploy_request(file, state)))
         if wait > 0:
             _wait_running(client, plan.app, wait)
         if as_json:
@@ -95,7 +91,7 @@ def update(file: FileArg, home: HomeOption = None,
     with client:
         req = deploy_request(file, state)
         name = req.topology.metadata.name
-        client.request("PUT", f"/apps/{name}", "update", json=wire(req),
+        client.request("PUT", f"/apps/{name}", "update", json=req,
                        params={"thorough": str(thorough).lower()})
         if wait > 0:
             _wait_running(client, name, wait)

@@ -18,6 +18,7 @@ from edgecloud.application.wire import (
     AppSummary,
     DeployRequest,
     InstanceView,
+    InstanceViewState,
     LogEntry,
     LogPage,
 )
@@ -137,7 +138,7 @@ def _view(m: AppManager, r: InstanceRow, node: NodeRow | None) -> InstanceView:
                         state="Pending")
     if reported is None:
         return base.model_copy(update={"reason": pending_reason(m, r, node)})
-    state = reported.state
+    state: InstanceViewState = reported.state
     if node is not None and node.state != "Ready":
         state = "Unknown"  # the node stopped reporting; its last word may be stale
     return base.model_copy(update={

@@ -108,7 +108,7 @@ class AppManager:
             a = self._get(name)
             insts = [Instance(name=r.name, component=r.component, site=r.site, node=r.node)
                      for r in a.instances]
-            return DeploymentPlan(app=name, application=a.application, instances=insts)
+            return DeploymentPlan(app=name, topology=a.application, instances=insts)
 
     def instances(self, name: str) -> list[InstanceRow]:
         with self._lock:

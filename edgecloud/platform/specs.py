@@ -44,10 +44,9 @@ class SpecBuilder:
         for site in sites:
             here = sorted(i.node for i in planned if i.site == site)
             candidates = [n.name for n in ready if n.site == site]
-            node = max(set(here), key=lambda n: (here.count(n), n)) if here else \
-                (candidates or [None])[0]
-            if node is None:
+            if not here and not candidates:
                 continue
+            node = max(set(here), key=lambda n: (here.count(n), n)) if here else candidates[0]
             extra.append(Instance(name=f"{CONTROLLER_COMPONENT}-{site}",
                                   component=CONTROLLER_COMPONENT, site=site, node=node))
         return list(planned) + extra

@@ -219,7 +219,10 @@ class PlatformClient:
 
     def request(self, method: str, path: str, what: str, *, json: Any = None,
                 params: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
-        """One API call; returns the decoded JSON body (None for 204)."""
+        """One API call; returns the decoded JSON body (None for 204). A pydantic model
+        as `json` is sent as its JSON (by alias, as the files spell it)."""
+        if isinstance(json, BaseModel):
+            json = json.model_dump(mode="json", by_alias=True)
         kwargs: dict[str, Any] = {"json": json, "params": params}
         if timeout is not None:
             kwargs["timeout"] = timeout

@@ -36,7 +36,7 @@ class Peer(StrictModel):
     instance: str
     component: str
     site: str
-    node: str = Field("", description="not filled by the platform (see the class docstring)")
+    node: str = Field(default="", description="not filled by the platform (see above)")
 
 
 class ControllerInfo(StrictModel):
@@ -61,20 +61,23 @@ class InstanceContext(StrictModel):
     cloud_site: str
     node: str
     node_speed: float = 1.0
-    broker_url: str = Field("", description="the site's broker; filled by the node from its "
-                                            "current endpoints, so moved ports strand nobody")
-    files_url: str = Field("", description="the site's file server; filled by the node")
+    broker_url: str = Field(
+        default="", description="the site's broker; filled by the node from its current "
+                                "endpoints, so moved ports strand nobody")
+    files_url: str = Field(default="", description="the site's file server; filled by the node")
     entry: str = ""
     source_dir: str = ""
     python_path: list[str] = []
     params: dict[str, Any] = {}
-    resources: Resources | None = Field(None, description="what the instance was placed with "
-                                                          "(None: the in-app controller)")
-    bundle: FileRef | None = Field(None, description="tar.gz of the application directory in "
-                                                     "the cloud site's file service")
-    bundle_subdir: str = Field("", description="source_dir inside the unpacked bundle")
-    bundle_python_path: list[str] = Field(default=[], description="python_path entries "
-                                                                  "relative to the bundle")
+    resources: Resources | None = Field(
+        default=None, description="what the instance was placed with (None: the in-app "
+                                  "controller)")
+    bundle: FileRef | None = Field(
+        default=None, description="tar.gz of the application directory in the cloud site's "
+                                  "file service")
+    bundle_subdir: str = Field(default="", description="source_dir inside the unpacked bundle")
+    bundle_python_path: list[str] = Field(
+        default=[], description="python_path entries relative to the bundle")
     peers: dict[str, list[Peer]] = {}
     """Connected component name -> its instances (the targets of `send`)."""
     members: list[Peer] = []
