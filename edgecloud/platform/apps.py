@@ -298,10 +298,10 @@ class AppManager:
             live = {(r.app, r.name) for r in rows}
             self._ever_started &= live
             topologies = {name: a.application for name, a in self._apps.items()}
-            self.withheld = withheld_instances(rows, topologies, self._ever_started)
+            withheld = withheld_instances(rows, topologies, self._ever_started)
             wanted: dict[str, list[InstanceSpec]] = {}
             for r in rows:
-                if (r.app, r.name) not in self.withheld:
+                if (r.app, r.name) not in withheld:
                     wanted.setdefault(r.node, []).append(r.spec)
             current = self.p.store.nodes.assignments()
             for n in nodes:
@@ -310,6 +310,9 @@ class AppManager:
                 if have is None or [s.digest() for s in have.instances] != \
                         [s.digest() for s in desired]:
                     self.p.set_assignment(n.id, desired)
+            # Published after the assignments, so a status read in between never shows an
+            # instance as neither withheld nor assigned.
+            self.withheld = withheld
 
 
 __all__ = ["CONTROLLER_COMPONENT", "AppConflict", "AppManager", "AppNotFound",
