@@ -215,6 +215,9 @@ def test_stored_topologies_are_parsed_once(platform: Platform, manager: AppManag
     platform.store.nodes.mark_not_ready(node_id(lost), "test")
     assert manager.replan_all("test") == []
     assert specs(manager, "mover")["mover-0"][0] != lost
+    nodes = {n.name: n for n in platform.store.nodes.all()}
+    assert manager.app("mover").topology.metadata.name == "mover"  # status reads too
+    assert len(instance_views(manager, "mover", nodes)) == 3
 
 
 def test_transitions_coalesce_into_one_replan(platform: Platform, manager: AppManager) -> None:

@@ -74,7 +74,7 @@ def plan(req: DeployRequest, m: ManagerDep, _: AdminDep) -> DeploymentPlan:
 def list_apps(m: ManagerDep, _: AdminDep) -> list[AppSummary]:
     nodes = _nodes(m)
     out = []
-    for row in m.p.store.apps.all():
+    for row in m.apps():
         views = instance_views(m, row.name, nodes)
         out.append(AppSummary(name=row.name, revision=row.revision, instances=len(views),
                               running=sum(v.state == "Running" for v in views),
@@ -84,9 +84,7 @@ def list_apps(m: ManagerDep, _: AdminDep) -> list[AppSummary]:
 
 @apps_api.get("/{name}")
 def get_app(name: str, m: ManagerDep, _: AdminDep) -> AppDetail:
-    row = m.p.store.apps.get(name)
-    if row is None:
-        raise AppNotFound(f"no application {name!r}; see `edgecloud app list`")
+    row = m.app(name)
     return AppDetail(name=name, revision=row.revision,
                      topology=row.topology.model_dump(mode="json", by_alias=True),
                      bundle=row.bundle, instances=instance_views(m, name, _nodes(m)))

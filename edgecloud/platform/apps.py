@@ -110,6 +110,15 @@ class AppManager:
                      for r in a.instances]
             return DeploymentPlan(app=name, topology=a.application, instances=insts)
 
+    def app(self, name: str) -> AppRow:
+        """The deployed app as kept since its deploy (no store read, no parse)."""
+        with self._lock:
+            return self._get(name).row
+
+    def apps(self) -> list[AppRow]:
+        with self._lock:
+            return [self._apps[n].row for n in sorted(self._apps)]
+
     def instances(self, name: str) -> list[InstanceRow]:
         with self._lock:
             return list(self._get(name).instances)
