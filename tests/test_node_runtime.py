@@ -60,3 +60,27 @@ def test_endpoints_come_from_the_node_and_follow_it(tmp_path: Path) -> None:
         assert [s.digest for s in statuses] == [assigned.digest()]
     finally:
         node.close()
+
+
+def test_an_instance_it_cannot_prepare_is_reported_pending_with_why(tmp_path: Path) -> None:
+    """The node reports what it could not start (a bundle it cannot fetch) as Pending with
+    the reason, instead of leaving the platform to guess; the others run."""
+    from edgecloud.resource.files import FileRef
+
+    node = NodeRuntime(tmp_path, "ec-1", "http://127.0.0.1:9", "mqtt://127.0.0.1:1884")
+    try:
+        good = spec("w-0")
+        ref = FileRef(site="cloud", key="apps/demo/bundle.tgz", size=10, sha256="ab" * 32)
+        assert good.context is not None
+        bad = spec("w-1").model_copy(update={"context": good.context.model_copy(
+            update={"instance": "w-1", "bundle": ref})})
+        node.apply([good, bad])
+        statuses = {s.name: s for s in node.report()[0]}
+        assert statuses["w-1"].state == "Pending"
+        assert statuses["w-1"].reason.startswith("cannot prepare: ")
+        assert statuses["w-1"].digest == bad.digest()
+        assert eventually(lambda: pid_of(node) is not None, 10)
+        node.apply([good])  # no longer assigned: no longer reported
+        assert {s.name for s in node.report()[0]} == {"w-0"}
+    finally:
+        node.close()

@@ -40,6 +40,7 @@ class NodeRuntime:
         self._preparing: dict[str, InstanceStatus] = {}
         self._lock = threading.Lock()
         self._apply_lock = threading.Lock()
+        self._applied_endpoints = (broker_url, files_url)
 
     # -- assignment ----------------------------------------------------------------------
     def apply(self, instances: list[InstanceSpec]) -> None:
@@ -47,26 +48,41 @@ class NodeRuntime:
         with self._apply_lock:
             self._assigned = list(instances)
             self._apply_assigned()
+        self._follow_endpoints()
 
     def set_endpoints(self, broker_url: str, files_url: str) -> None:
         """Adopt the site's current broker and file-server URLs (its services moved).
 
-        Instances restart only if a value actually changed: their context carries them.
+        Instances restart only if a value actually changed (their context carries them).
+        Never waits for an apply in progress (this runs on the heartbeat thread): that
+        apply re-applies with the new values when it ends.
         """
-        with self._apply_lock:
-            if (broker_url, files_url) == (self.broker_url, self.files_url):
+        if (broker_url, files_url) == (self.broker_url, self.files_url):
+            return
+        log.info("site endpoints changed", broker=broker_url, files=files_url)
+        self.broker_url, self.files_url = broker_url, files_url
+        self._follow_endpoints()
+
+    def _follow_endpoints(self) -> None:
+        # Whoever releases the apply lock checks again, so a change made while another
+        # thread held it is never left unapplied.
+        while self._applied_endpoints != (self.broker_url, self.files_url):
+            if not self._apply_lock.acquire(blocking=False):
                 return
-            log.info("site endpoints changed", broker=broker_url, files=files_url)
-            self.broker_url, self.files_url = broker_url, files_url
-            self._apply_assigned()
+            try:
+                if self._applied_endpoints != (self.broker_url, self.files_url):
+                    self._apply_assigned()
+            finally:
+                self._apply_lock.release()
 
     def _apply_assigned(self) -> None:
+        endpoints = (self.broker_url, self.files_url)
         specs: list[InstanceSpec] = []
         for spec in self._assigned:
             # The platform compares digests of what it assigned, not of the local copy.
             self._assigned_digest[spec.key] = spec.digest()
             try:
-                specs.append(self._localise(spec))
+                specs.append(self._localise(spec, *endpoints))
             except Exception as exc:  # one bad instance must not block the others
                 log.error("cannot prepare instance", instance=spec.key, error=str(exc))
                 self._preparing[spec.key] = self._pending(spec, f"cannot prepare: {exc}")
@@ -79,14 +95,14 @@ class NodeRuntime:
                                if k in assigned and k not in alive}
             self._assigned_digest = {k: v for k, v in self._assigned_digest.items()
                                      if k in assigned}
+        self._applied_endpoints = endpoints
 
-    def _localise(self, spec: InstanceSpec) -> InstanceSpec:
+    def _localise(self, spec: InstanceSpec, broker_url: str, files_url: str) -> InstanceSpec:
         """Fill in what only the node knows: its site's endpoints and the bundle path."""
         ctx = spec.context
         if ctx is None:
             return spec
-        update: dict[str, object] = {"broker_url": self.broker_url,
-                                     "files_url": self.files_url}
+        update: dict[str, object] = {"broker_url": broker_url, "files_url": files_url}
         if ctx.bundle is not None:
             self._preparing[spec.key] = self._pending(
                 spec, f"fetching bundle {ctx.bundle.sha256[:12]} ({ctx.bundle.size} bytes)")
