@@ -16,7 +16,7 @@ from edgecloud.application.plan import DeploymentPlan
 from edgecloud.application.topology import load_application
 from edgecloud.cli.main import app as cli
 from edgecloud.platform.export import IMAGE, export_compose, export_k8s
-from edgecloud.platform.orchestrator import NodeInfo, place
+from edgecloud.platform.orchestrator import PlacementNode, place
 from edgecloud.resource.infra import Infrastructure, load_infrastructure
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +34,7 @@ def infra() -> Infrastructure:
 @pytest.fixture(scope="module")
 def plan(infra: Infrastructure) -> DeploymentPlan:
     app = load_application(RELAY, infra)
-    nodes = [NodeInfo(name=n.name, site=s.name, site_kind=s.kind, labels=n.labels,
+    nodes = [PlacementNode(name=n.name, site=s.name, site_kind=s.kind, labels=n.labels,
                       resources=n.resources) for s in infra.spec.sites for n in s.nodes]
     return place([app], nodes)[app.name]
 

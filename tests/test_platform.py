@@ -28,11 +28,17 @@ from edgecloud.resource.protocol import (
     RegisterInfrastructure,
     SiteEndpoints,
 )
+from edgecloud.resource.runtime import InstanceSpec, InstanceStatus
+from edgecloud.resource.runtime.context import InstanceContext
 from edgecloud.resource.state import RunState, SiteRuntime
 from edgecloud.service import Endpoint
 
 INFRA_FILE = Path(__file__).resolve().parents[1] / "examples" / "infra" / "local.yaml"
 HB = 0.3
+CAM = InstanceSpec(app="demo", name="cam-0", component="cam", kind="command",
+                   command=["sleep", "1"], context=InstanceContext(
+                       app="demo", instance="cam-0", component="cam", site="ec-1",
+                       site_kind="edge", cloud_site="cloud", node="ec-1-rpi1"))
 ADMIN = "admin-token-for-tests-0123456789"
 
 
@@ -106,7 +112,16 @@ def beat(p: Plat, token: str, site: str, name: str) -> int:
 def test_healthz_docs_and_registration(plat: Plat) -> None:
     assert httpx.get(plat.url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(plat.url + "/docs").status_code == 200
-    assert "/api/v1/nodes/join" in httpx.get(plat.url + "/openapi.json").json()["paths"]
+    openapi = httpx.get(plat.url + "/openapi.json").json()
+    assert "/api/v1/nodes/join" in openapi["paths"]
+    # The API's answers are documented by the wire models the CLI parses.
+    schemas = openapi["components"]["schemas"]
+    assert {"AppDetail", "AppSummary", "InstanceView", "LogPage", "DeploymentPlan",
+            "PlatformStatus", "Assignment", "InstanceSpec", "InstanceContext",
+            "InstanceStatus", "DeployRequest"} <= set(schemas)
+    ok = openapi["paths"]["/api/v1/apps/{name}"]["get"]["responses"]["200"]
+    assert ok["content"]["application/json"]["schema"]["$ref"].endswith("/AppDetail")
+    assert schemas["InstanceContext"]["additionalProperties"] is False
     register(plat)  # idempotent
     with plat.admin() as c:
         assert c.infrastructure()["metadata"]["name"] == "local"
@@ -219,11 +234,12 @@ def test_long_poll(plat: Plat) -> None:
         t0 = time.monotonic()
         with plat.http() as h:
             r = h.put("/nodes/ec-1/ec-1-rpi1/assignment",
-                      json={"instances": [{"name": "cam-0"}]})
+                      json={"instances": [CAM.model_dump(mode="json")]})
             assert r.status_code == 200
         poller.join(10)
         assert time.monotonic() - t0 < 1.0, "long-poll did not return promptly"
-    assert got[0].revision == first.revision + 1 and got[0].instances == [{"name": "cam-0"}]
+    assert got[0].revision == first.revision + 1 and got[0].instances == [CAM]
+    assert isinstance(got[0].instances[0].context, InstanceContext)
 
 
 def test_status_and_metrics(plat: Plat) -> None:
@@ -287,3 +303,77 @@ def test_token_create_command(plat: Plat, tmp_path: Path) -> None:
     assert r.exit_code != 0 and "nowhere" in r.output
     r = runner.invoke(cli, ["token", "create", "--site", "ec-2", "--home", str(tmp_path)])
     assert r.exit_code != 0 and "no edgecloud infrastructure is running" in r.output
+
+
+def test_typed_heartbeat_and_assignment_round_trip(plat: Plat) -> None:
+    """Instances travel as typed models both ways; unknown keys are refused (422)."""
+    token = join(plat, "ec-2", "ec-2-typed")
+    status = InstanceStatus(app="demo", name="cam-0", component="cam", state="Running",
+                            digest=CAM.digest(), restarts=2, pid=1234)
+    hb = Heartbeat(metrics=NodeMetrics(cpu_percent=1, memory_used=1, memory_total=2),
+                   instances=[status], problems=["cannot fetch bundle"])
+    with PlatformClient(plat.url, token) as c:
+        resp = c.heartbeat("ec-2", "ec-2-typed", hb)
+        # The site's current endpoints come back (agents follow moved services).
+        assert resp.broker == "mqtt://127.0.0.1:1885" and resp.files == "http://127.0.0.1:9002"
+    with plat.http() as h:
+        r = h.put("/nodes/ec-2/ec-2-typed/assignment",
+                  json={"instances": [CAM.model_dump(mode="json")]})
+        assert r.status_code == 200
+        bad = CAM.model_dump(mode="json")
+        bad["context"]["bundle_python_path_typo"] = ["x"]
+        r = h.put("/nodes/ec-2/ec-2-typed/assignment", json={"instances": [bad]})
+        assert r.status_code == 422 and "bundle_python_path_typo" in r.json()["detail"]
+    with PlatformClient(plat.url, token) as c:
+        got = c.assignment("ec-2", "ec-2-typed", after=-1)
+    assert got.instances == [CAM] and got.instances[0].digest() == CAM.digest()
+    with PlatformClient(plat.url, token) as c:
+        r = c._http.post("/nodes/ec-2/ec-2-typed/heartbeat", json={
+            "metrics": hb.metrics.model_dump(), "instances": [{"app": "demo"}]})
+    assert r.status_code == 422 and "instances[0]" in r.json()["detail"]
+
+
+APP = """apiVersion: edgecloud/v1
+kind: Application
+metadata: {name: mapped}
+spec:
+  components:
+    - {name: %s, command: [sleep, "100"], site: cloud%s}
+"""
+
+
+def deploy_body(name: str = "worker", extra: str = "") -> dict[str, Any]:
+    import yaml
+
+    return {"topology": yaml.safe_load(APP % (name, extra))}
+
+
+def test_api_errors_are_mapped_in_one_place(plat: Plat) -> None:
+    """Each kind of user error has its status, with a readable `detail`, from the one
+    exception mapping (no route catches errors itself)."""
+    token = join(plat, "cloud", "cc-api", resources=Resources(cpu=2, memory=1 << 30))
+    with plat.http() as h:
+        assert h.get("/apps/nope").status_code == 404
+        assert h.get("/apps/nope/plan").status_code == 404
+        assert h.delete("/apps/nope").status_code == 404
+        r = h.post("/apps", json=deploy_body("controller"))
+        assert r.status_code == 422 and "spec.components[0].name" in r.json()["detail"] \
+            and "reserved" in r.json()["detail"]
+        r = h.post("/apps", json={**deploy_body(), "colour": "red"})
+        assert r.status_code == 422 and "colour" in r.json()["detail"]
+        r = h.post("/apps", json=deploy_body(extra=", site: ec-9"))
+        assert r.status_code == 422
+        beat(plat, token, "cloud", "cc-api")
+        r = h.post("/apps", json=deploy_body(extra=", replicas: 500, resources: {cpu: 2}"))
+        assert r.status_code == 409 and r.json()["detail"].startswith("no deployment plan: ")
+        beat(plat, token, "cloud", "cc-api")
+        r = h.post("/apps", json=deploy_body())
+        assert r.status_code == 201, r.text
+        assert r.json()["app"] == "mapped" and "topology" in r.json()
+        r = h.post("/apps", json=deploy_body())
+        assert r.status_code == 409 and "already deployed" in r.json()["detail"]
+        r = h.put("/apps/other", json=deploy_body())
+        assert r.status_code == 422
+        r = h.get("/apps/mapped/logs", params={"select": "nothing"})
+        assert r.status_code == 404 and "known: worker" in r.json()["detail"]
+        assert h.delete("/apps/mapped").status_code == 204

@@ -80,6 +80,9 @@ BROKEN = {
     "bad site spelling": ("""
         - {name: a, entry: "mod:A", site: Edge_1}
         """, "spec.components[0].site", "expected edge, cloud, any or a site name"),
+    "reserved name controller": ("""
+        - {name: controller, entry: "mod:A"}
+        """, "spec.components[0].name", "'controller' is reserved for the in-app controller"),
     "bad resources": ("""
         - {name: a, entry: "mod:A", resources: {cpu: lots}}
         """, "spec.components[0].resources.cpu", ""),

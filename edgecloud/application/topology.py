@@ -133,6 +133,8 @@ class Application(StrictModel):
 # -- semantics --------------------------------------------------------------------------------
 Problems = list[tuple[str, str]]
 SITE_KEYWORDS = ("edge", "cloud", "any")
+RESERVED_COMPONENT = "controller"
+"""The in-app controller's component name: its instances are `controller-<site>`."""
 
 
 def eligible_sites(selector: str, infra: Infrastructure) -> list[str]:
@@ -186,6 +188,10 @@ def _structure_problems(comps: list[tuple[int, ComponentSpec]], names: list[str]
             problems.append((f"{where}.name", f"component name {c.name!r} already used by "
                                               f"spec.components[{first[c.name]}]"))
         first.setdefault(c.name, i)
+        if c.name == RESERVED_COMPONENT:
+            problems.append((f"{where}.name", f"{RESERVED_COMPONENT!r} is reserved for the "
+                                              "in-app controller (configure it under "
+                                              "spec.controller); rename this component"))
         if (c.entry is None) == (c.command is None):
             problems.append((where, "give exactly one of `entry` (module:Class) or `command`"))
         if c.entry is not None and not _ENTRY_RE.match(c.entry):

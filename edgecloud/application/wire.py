@@ -23,9 +23,9 @@ class DeployRequest(StrictModel):
     and where its code is."""
 
     topology: Application
-    bundle: FileRef | None = Field(None, description="tar.gz of the application directory "
+    bundle: FileRef | None = Field(default=None, description="tar.gz of the application directory "
                                                      "in the cloud site's file service")
-    source_dir: str | None = Field(None, description="the application directory on the "
+    source_dir: str | None = Field(default=None, description="the application directory on the "
                                                      "machine that deployed it (embedded)")
     bundle_python_path: list[str] = Field(default=[], description="spec.pythonPath entries "
                                                                   "relative to the bundle")
@@ -40,7 +40,7 @@ class InstanceView(StrictModel):
     node: str
     state: InstanceViewState
     restarts: int = 0
-    reason: str = Field("", description="why it is not Running (Pending included), or how "
+    reason: str = Field(default="", description="why it is not Running (Pending included), or how "
                                         "it last exited")
     pid: int | None = None
     cpu_percent: float = 0.0

@@ -17,7 +17,7 @@ from edgecloud.resource.state import load_run_state
 if TYPE_CHECKING:
     from edgecloud.application.plan import DeploymentPlan
     from edgecloud.application.topology import Application
-    from edgecloud.platform.orchestrator import NodeInfo
+    from edgecloud.platform.orchestrator import PlacementNode
 
 app = typer.Typer(no_args_is_help=True)
 app_lifecycle.register(app)
@@ -134,12 +134,13 @@ def _offline_plan(file: Path, inf: Infrastructure) -> DeploymentPlan:
 
 
 def plan_for(application: Application, inf: Infrastructure,
-             node_infos: list[NodeInfo] | None = None) -> DeploymentPlan:
+             node_infos: list[PlacementNode] | None = None) -> DeploymentPlan:
     """Place one application on `inf`: on `node_infos` (live states) when given, else on
     every declared node taken as Ready and empty."""
-    from edgecloud.platform.orchestrator import NodeInfo, place
+    from edgecloud.platform.orchestrator import PlacementNode
+    from edgecloud.platform.orchestrator import place
 
     if node_infos is None:
-        node_infos = [NodeInfo(name=n.name, site=s.name, site_kind=s.kind, labels=n.labels,
+        node_infos = [PlacementNode(name=n.name, site=s.name, site_kind=s.kind, labels=n.labels,
                                resources=n.resources) for s in inf.spec.sites for n in s.nodes]
     return place([application], node_infos)[application.name]

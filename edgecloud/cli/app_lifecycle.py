@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from edgecloud.application.plan import DeploymentPlan
+from edgecloud.application.wire import AppDetail, AppSummary, DeployRequest, LogPage
 from edgecloud.cli.common import HomeOption, JsonFlag, console, home_of, print_json, user_errors
 from edgecloud.config import Home
 from edgecloud.errors import UserError
@@ -31,7 +33,7 @@ def client_for(home: Home) -> tuple[PlatformClient, RunState]:
     return PlatformClient(state.platform.url("http"), read_admin_token(home)), state
 
 
-def deploy_request(file: Path, state: RunState, upload: bool = True) -> dict[str, Any]:
+def deploy_request(file: Path, state: RunState, upload: bool = True) -> DeployRequest:
     """Validate the topology against the running infrastructure, ship its bundle."""
     from edgecloud.application.bundle import bundle_python_path, make_bundle
     from edgecloud.application.topology import load_application
@@ -46,12 +48,15 @@ def deploy_request(file: Path, state: RunState, upload: bool = True) -> dict[str
         cloud = state.cloud
         files = FileClient(cloud.files.url("http"), cloud.name)
         bundle = files.put(make_bundle(source_dir, exclude=(file,)),
-                           key=f"apps/{application.metadata.name}/bundle.tgz"
-                           ).model_dump(mode="json")
-    return {"topology": application.model_dump(mode="json", by_alias=True),
-            "bundle": bundle, "source_dir": str(source_dir),
-            "bundle_python_path": bundle_python_path(source_dir,
-                                                     list(application.spec.python_path or []))}
+                           key=f"apps/{application.metadata.name}/bundle.tgz")
+    return DeployRequest(topology=application, bundle=bundle, source_dir=str(source_dir),
+                         bundle_python_path=bundle_python_path(
+                             source_dir, list(application.spec.python_path or [])))
+
+
+
+def app_detail(client: PlatformClient, name: str) -> AppDetail:
+    return AppDetail.model_validate(client.request("GET", f"/apps/{name}", "app status"))
 
 
 FileArg = Annotated[Path, typer.Argument(help="Topology file (kind: Application)")]
@@ -65,14 +70,14 @@ def deploy(file: FileArg, home: HomeOption = None, wait: WaitOpt = 60.0,
     """Place the application's components and start them on their nodes."""
     client, state = client_for(home_of(home))
     with client:
-        plan = client.request("POST", "/apps", "deploy", json=deploy_request(file, state))
-        name = plan["app"]
+        plan = DeploymentPlan.model_validate(client.request(
+            "POST", "/apps", "deploy", json=deploy_request(file, state)))
         if wait > 0:
-            _wait_running(client, name, wait)
+            _wait_running(client, plan.app, wait)
         if as_json:
-            print_json(plan)
+            print_json(plan.model_dump(mode="json", by_alias=True))
         else:
-            _print_instances(client.request("GET", f"/apps/{name}", "app status"))
+            _print_instances(app_detail(client, plan.app))
 
 
 @user_errors
@@ -85,26 +90,25 @@ def update(file: FileArg, home: HomeOption = None,
     client, state = client_for(home_of(home))
     with client:
         req = deploy_request(file, state)
-        name = req["topology"]["metadata"]["name"]
+        name = req.topology.metadata.name
         client.request("PUT", f"/apps/{name}", "update", json=req,
                        params={"thorough": str(thorough).lower()})
         if wait > 0:
             _wait_running(client, name, wait)
-        _print_instances(client.request("GET", f"/apps/{name}", "app status"))
+        _print_instances(app_detail(client, name))
 
 
 def _wait_running(client: PlatformClient, name: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     with console.status(f"waiting for the instances of {name} to run"):
         while time.monotonic() < deadline:
-            doc = client.request("GET", f"/apps/{name}", "app status")
-            insts = doc["instances"]
-            if insts and all(i["state"] == "Running" and i["up_to_date"] for i in insts):
+            insts = app_detail(client, name).instances
+            if insts and all(i.state == "Running" and i.up_to_date for i in insts):
                 return
-            failed = [i for i in insts if i["state"] == "Failed"]
+            failed = [i for i in insts if i.state == "Failed"]
             if failed:
                 raise UserError("instances failed: " + "; ".join(
-                    f"{i['name']} on {i['node']}: {i['reason']}" for i in failed), exit_code=1)
+                    f"{i.name} on {i.node}: {i.reason}" for i in failed), exit_code=1)
             time.sleep(0.5)
     console.print(f"[yellow]not all instances of {name} are running after {timeout:.0f}s; "
                   f"see `edgecloud app status {name}` and `edgecloud app logs {name}`[/]")
@@ -115,13 +119,14 @@ def list_apps(home: HomeOption = None, as_json: JsonFlag = False) -> None:
     """Deployed applications."""
     client, _ = client_for(home_of(home))
     with client:
-        apps = client.request("GET", "/apps", "list apps")
+        apps = [AppSummary.model_validate(a)
+                for a in client.request("GET", "/apps", "list apps")]
     if as_json:
-        print_json(apps)
+        print_json([a.model_dump(mode="json") for a in apps])
         return
     table = Table("app", "revision", "instances", "running")
     for a in apps:
-        table.add_row(a["name"], str(a["revision"]), str(a["instances"]), str(a["running"]))
+        table.add_row(a.name, str(a.revision), str(a.instances), str(a.running))
     console.print(table)
 
 
@@ -130,23 +135,22 @@ def status(name: str, home: HomeOption = None, as_json: JsonFlag = False) -> Non
     """Instances of an application: where they run, state, restarts, CPU, memory."""
     client, _ = client_for(home_of(home))
     with client:
-        doc = client.request("GET", f"/apps/{name}", "app status")
+        doc = app_detail(client, name)
     if as_json:
-        print_json(doc)
+        print_json(doc.model_dump(mode="json"))
     else:
         _print_instances(doc)
 
 
-def _print_instances(doc: dict[str, Any]) -> None:
+def _print_instances(doc: AppDetail) -> None:
     table = Table("instance", "component", "site", "node", "state", "restarts", "cpu %",
-                  "memory", "reason", title=f"{doc['name']} (revision {doc['revision']})")
+                  "memory", "reason", title=f"{doc.name} (revision {doc.revision})")
     colours = {"Running": "green", "Pending": "yellow", "Restarting": "yellow"}
-    for i in doc["instances"]:
-        c = colours.get(i["state"], "red")
-        table.add_row(i["name"], i["component"], i["site"], i["node"], f"[{c}]{i['state']}[/]",
-                      str(i["restarts"]), f"{i['cpu_percent']:.0f}",
-                      format_bytes(i["memory_rss"]) if i["memory_rss"] else "-",
-                      i["reason"][:60])
+    for i in doc.instances:
+        c = colours.get(i.state, "red")
+        table.add_row(i.name, i.component, i.site, i.node, f"[{c}]{i.state}[/]",
+                      str(i.restarts), f"{i.cpu_percent:.0f}",
+                      format_bytes(i.memory_rss) if i.memory_rss else "-", i.reason[:80])
     console.print(table)
 
 
@@ -165,11 +169,12 @@ def logs(name: str,
             params: dict[str, Any] = {"after": after}
             if select:
                 params["select"] = select
-            doc = client.request("GET", f"/apps/{name}/logs", "app logs", params=params)
-            for e in doc["entries"]:
-                for line in e["text"].splitlines():
-                    typer.echo(f"{e['instance']:>16} | {line}")
-            after = doc["next"]
+            page = LogPage.model_validate(
+                client.request("GET", f"/apps/{name}/logs", "app logs", params=params))
+            for e in page.entries:
+                for line in e.text.splitlines():
+                    typer.echo(f"{e.instance:>16} | {line}")
+            after = page.next
             if not follow:
                 return
             time.sleep(1.0)

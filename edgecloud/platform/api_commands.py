@@ -56,17 +56,17 @@ def send_command(name: str, req: CommandRequest, request: Request,
     site where the application has instances). A 200 means the cloud broker accepted it;
     edge sites receive it through their bridges."""
     store = request.app.state.platform.store
-    if store.app(name) is None:
+    if not store.apps.exists(name):
         raise HTTPException(404, f"no application {name!r}; `edgecloud app list` shows the "
                                  "deployed ones")
-    sites_rows = {s["name"]: s for s in store.sites()}
-    sites = _target_sites(name, req.sites, sorted({r["site"] for r in store.instances(name)}),
+    sites_rows = {s.name: s for s in store.infra.sites()}
+    sites = _target_sites(name, req.sites, sorted({r.site for r in store.apps.instances(name)}),
                           sites_rows)
-    cloud = next((s for s in sites_rows.values() if s["kind"] == "cloud"), None)
+    cloud = store.infra.cloud_site()
     if cloud is None:
         raise HTTPException(409, "no infrastructure is registered (no cloud site)")
     try:
-        _publisher(request.app).publish(cloud["broker"], name, sites, req.command)
+        _publisher(request.app).publish(cloud.broker, name, sites, req.command)
     except BrokerUnavailable as exc:
         raise HTTPException(503, str(exc)) from None
     return CommandResult(sites=sites)

@@ -1,331 +1,327 @@
 """The application controller: deploy, update, delete and re-plan applications.
 
 It turns a topology into a deployment plan (the orchestrator), each planned instance into
-an `InstanceSpec` with its `InstanceContext`, and the specs of every application into
-one desired instance list per node (`Platform.set_assignment`), which agents long-poll.
-Node transitions re-plan: instances on a node that went NotReady move to eligible Ready
-nodes (the others stay where they are); a node that joins or returns gets perNode
-instances and takes part in later placements.
+an `InstanceSpec` with its `InstanceContext` (specs.py), and the specs of every
+application into one desired instance list per node (`Platform.set_assignment`), which
+agents long-poll. Node transitions re-plan: instances on a node that went NotReady move
+to eligible live nodes (the others stay where they are, with unchanged specs, so they do
+not restart); a node that joins or returns gets perNode instances and takes part in
+later placements.
+
+Concurrency: every change of the application set is serialised by one lock, but the
+solver (and its explanation of an impossible placement) runs outside it on a snapshot of
+its inputs; a change that happened meanwhile makes the placement run again. Node
+transitions and heartbeats only mark work for one re-plan worker thread, which
+coalesces bursts (`ReplanWorker`).
 """
 
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from pydantic import BaseModel
-
-from edgecloud.application.context import ControllerInfo, InstanceContext, Peer
 from edgecloud.application.plan import DeploymentPlan, Instance
 from edgecloud.application.topology import Application
+from edgecloud.application.wire import DeployRequest
 from edgecloud.errors import UserError
 from edgecloud.log import get_logger
 from edgecloud.platform.core import Platform
-from edgecloud.platform.monitor import NodeTransition
-from edgecloud.platform.orchestrator import PlacementNode
-from edgecloud.platform.orchestrator import PlacedInstance, PlacementError, place
-from edgecloud.resource.infra import Resources
+from edgecloud.platform.hooks import NodeTransition
+from edgecloud.platform.monitor import is_live
+from edgecloud.platform.orchestrator import PlacedInstance, PlacementNode, place
+from edgecloud.platform.replan import ReplanWorker
+from edgecloud.platform.specs import CONTROLLER_COMPONENT, SpecBuilder
+from edgecloud.platform.store import AppRow, InstanceRow
+from edgecloud.platform.withheld import withheld_instances
 from edgecloud.resource.runtime import InstanceSpec
 
 log = get_logger("platform.apps")
 
-DEFAULT_CONTROLLER = "edgecloud.application.control:InAppController"
-CONTROLLER_COMPONENT = "controller"
-
-
-class DeployRequest(BaseModel):
-    """Body of `POST /apps` and `PUT /apps/{name}`."""
-
-    topology: dict[str, Any]
-    bundle: dict[str, Any] | None = None
-    """FileRef (cloud site) of a tar.gz of the application directory."""
-    source_dir: str | None = None
-    """The application directory on the machine that deployed it (embedded runs)."""
-    bundle_python_path: list[str] = []
-    """spec.pythonPath entries relative to the bundle root."""
+PLACEMENT_ATTEMPTS = 3
+"""Placements re-run when the application set changed while the solver ran."""
 
 
 class AppConflict(UserError):
+    """The application exists already (HTTP 409)."""
+
     exit_code = 1
 
 
 class AppNotFound(UserError):
+    """No such application (HTTP 404)."""
+
     exit_code = 1
 
 
-class AppManager:
-    """Owns every application's plan; all changes are serialised by one lock."""
+class NoInfrastructure(UserError):
+    """Nothing can be deployed before an infrastructure is registered (HTTP 409)."""
 
-    def __init__(self, platform: Platform) -> None:
+    exit_code = 1
+
+
+@dataclass
+class _App:
+    """What the manager keeps of a deployed app: parsed once, when deployed or loaded."""
+
+    row: AppRow
+    instances: list[InstanceRow]
+
+    @property
+    def application(self) -> Application:
+        return self.row.topology
+
+
+class AppManager:
+    """Owns every application's plan; see the module docstring."""
+
+    def __init__(self, platform: Platform, debounce_s: float = 0.2) -> None:
         self.p = platform
         self._lock = threading.RLock()
-        self._withheld = False
+        self._generation = 0  # bumped by every change of the application set
+        by_app: dict[str, list[InstanceRow]] = {}
+        for r in platform.store.apps.instances():
+            by_app.setdefault(r.app, []).append(r)
+        self._apps = {row.name: _App(row, by_app.get(row.name, []))
+                      for row in platform.store.apps.all()}
         self._ever_started: set[tuple[str, str]] = set()
-        platform.hooks.subscribe(self._on_transition)
+        self.withheld: dict[tuple[str, str], str] = {}
+        """(app, instance) -> why it is held back (it waits for its receivers)."""
+        self.worker = ReplanWorker(self.replan_all, self.sync_assignments, debounce_s)
+        self._unsubscribe = platform.hooks.subscribe(self._on_transition)
         platform.heartbeat_listeners.append(self._on_heartbeat)
 
+    def close(self) -> None:
+        self._unsubscribe()
+        self.worker.stop()
+
     # -- queries ---------------------------------------------------------------------------
-    def plan(self, name: str) -> DeploymentPlan:
-        row = self.p.store.app(name)
-        if row is None:
+    def _get(self, name: str) -> _App:
+        a = self._apps.get(name)
+        if a is None:
             raise AppNotFound(f"no application {name!r}; see `edgecloud app list`")
-        app = Application.model_validate(row["spec"])
-        insts = [Instance(name=r["name"], component=r["component"], site=r["site"],
-                          node=r["node"]) for r in self.p.store.instances(name)]
-        return DeploymentPlan(app=name, application=app, instances=insts)
+        return a
+
+    def plan(self, name: str) -> DeploymentPlan:
+        with self._lock:
+            a = self._get(name)
+            insts = [Instance(name=r.name, component=r.component, site=r.site, node=r.node)
+                     for r in a.instances]
+            return DeploymentPlan(app=name, topology=a.application, instances=insts)
+
+    def app(self, name: str) -> AppRow:
+        """The deployed app as kept since its deploy (no store read, no parse)."""
+        with self._lock:
+            return self._get(name).row
+
+    def apps(self) -> list[AppRow]:
+        with self._lock:
+            return [self._apps[n].row for n in sorted(self._apps)]
+
+    def instances(self, name: str) -> list[InstanceRow]:
+        with self._lock:
+            return list(self._get(name).instances)
 
     def dry_run(self, app: Application) -> DeploymentPlan:
         """Where `app` would go now, given live nodes and the other apps (no change made)."""
         with self._lock:
-            return self._place(app, exclude=app.metadata.name, current=None)
+            nodes, placed = self._nodes(), self._placed_elsewhere(app.metadata.name)
+        return place([app], nodes, placed=placed)[app.metadata.name]
 
     # -- changes ---------------------------------------------------------------------------
     def deploy(self, req: DeployRequest) -> DeploymentPlan:
-        app = Application.model_validate(req.topology)
-        name = app.metadata.name
-        with self._lock:
-            if self.p.store.app(name) is not None:
+        name = req.topology.metadata.name
+
+        def check() -> None:
+            if name in self._apps:
                 raise AppConflict(f"application {name!r} is already deployed; use `edgecloud "
                                   "app update` or delete it first")
-            plan = self._place(app, exclude=name, current=None)
-            self._save(req, app, plan)
+
+        plan = self._place_and_commit(req.topology, check, lambda: None,
+                                      lambda plan: self._save(req, plan, generation=1))
         log.info("deployed", app=name, instances=len(plan.instances))
         return plan
 
     def update(self, req: DeployRequest, thorough: bool = False) -> DeploymentPlan:
         """Incremental: instances keep their nodes where possible and only instances whose
-        spec changed restart (agents compare digests). Thorough: delete, then deploy."""
-        app = Application.model_validate(req.topology)
-        name = app.metadata.name
-        with self._lock:
-            if self.p.store.app(name) is None:
-                raise AppNotFound(f"no application {name!r} to update; deploy it first")
-            if thorough:
-                self.delete(name)
-                return self.deploy(req)
-            current = {r["name"]: r["node"] for r in self.p.store.instances(name)}
-            plan = self._place(app, exclude=name, current=current)
-            self._save(req, app, plan)
-        log.info("updated", app=name, instances=len(plan.instances))
+        spec changed restart (agents compare digests). Thorough: placed afresh and every
+        instance restarts. Either way the new plan is made before anything changes, and
+        the app is replaced in one transaction: an impossible placement keeps the old app.
+        """
+        name = req.topology.metadata.name
+
+        def check() -> None:
+            self._get(name)
+
+        def current() -> dict[str, str] | None:
+            return None if thorough else {r.name: r.node for r in self._apps[name].instances}
+
+        def commit(plan: DeploymentPlan) -> None:
+            old = self._generation_of(name)
+            self._save(req, plan, generation=old + 1 if thorough else old)
+
+        plan = self._place_and_commit(req.topology, check, current, commit)
+        log.info("updated", app=name, instances=len(plan.instances), thorough=thorough)
         return plan
 
     def delete(self, name: str) -> None:
         with self._lock:
-            if not self.p.store.delete_app(name):
-                raise AppNotFound(f"no application {name!r}")
+            self._get(name)
+            self.p.store.apps.delete(name)
+            del self._apps[name]
+            self._generation += 1
             self.sync_assignments()
         log.info("deleted", app=name)
 
     def replan_all(self, reason: str) -> list[str]:
-        """Re-place every app sticking to current nodes; returns problems (unplaceable)."""
+        """Re-place every app sticking to current nodes; returns problems (unplaceable).
+
+        Only moved instances get new specs: the others keep theirs byte for byte, so
+        their digests are unchanged and their nodes do not restart them.
+        """
         problems: list[str] = []
         with self._lock:
-            for row in self.p.store.apps():
-                app = Application.model_validate(row["spec"])
-                current = {r["name"]: r["node"] for r in self.p.store.instances(row["name"])}
-                try:
-                    plan = self._place(app, exclude=row["name"], current=current)
-                except PlacementError as exc:
-                    problems.append(f"{row['name']}: {exc}")
-                    log.warning("re-plan impossible; instances stay where they are",
-                                app=row["name"], reason=reason, error=str(exc))
-                    continue
-                moved = sorted(i.name for i in plan.instances
-                               if current.get(i.name) not in (None, i.node))
-                if moved or len(plan.instances) != len(current):
-                    log.info("re-planned", app=row["name"], reason=reason,
-                             moved=",".join(moved) or "-")
-                req = DeployRequest(topology=row["spec"], bundle=row["bundle"],
-                                    source_dir=row["source_dir"])
-                self._save(req, app, plan, keep_revision=True)
+            names = sorted(self._apps)
+            before = self._generation
+        for name in names:
+            try:
+                self._replan(name, reason)
+            except AppNotFound:
+                continue  # deleted meanwhile
+            except UserError as exc:
+                problems.append(f"{name}: {exc}")
+                log.warning("re-plan impossible; instances stay where they are",
+                            app=name, reason=reason, error=str(exc))
+        with self._lock:
+            if self._generation != before:
+                self.sync_assignments()
         return problems
 
+    def _replan(self, name: str, reason: str) -> None:
+        def check() -> None:
+            self._get(name)
+
+        def current() -> dict[str, str]:
+            return {r.name: r.node for r in self._apps[name].instances}
+
+        def commit(plan: DeploymentPlan) -> None:
+            a = self._apps[name]
+            was = {r.name: r.node for r in a.instances}
+            rows = self._rows(a.row, plan, self._generation_of(name))
+            if [r.model_dump() for r in rows] == [r.model_dump() for r in a.instances]:
+                return
+            moved = sorted(r.name for r in rows if was.get(r.name) not in (None, r.node))
+            log.info("re-planned", app=name, reason=reason, moved=",".join(moved) or "-")
+            self.p.store.apps.set_instances(name, rows)
+            a.instances = rows
+            self._generation += 1
+
+        with self._lock:
+            application = self._get(name).application
+        self._place_and_commit(application, check, current, commit, sync=False)
+
     def _on_transition(self, t: NodeTransition) -> None:
-        # Hooks run in request threads: re-plan in the background.
-        threading.Thread(target=self.replan_all, args=(f"{t.node_id} {t.state}",),
-                         daemon=True).start()
-
-    # -- planning ----------------------------------------------------------------------------
-    def _nodes(self) -> list[PlacementNode]:
-        kinds = {s["name"]: s["kind"] for s in self.p.store.sites()}
-        return [PlacementNode(name=n["name"], site=n["site"], site_kind=kinds[n["site"]],
-                              labels=n["labels"], resources=Resources(**n["resources"]),
-                              ready=n["state"] == "Ready")
-                for n in self.p.store.nodes()]
-
-    def _placed_elsewhere(self, exclude: str) -> list[PlacedInstance]:
-        out = []
-        for r in self.p.store.instances():
-            if r["app"] == exclude:
-                continue
-            res = r["spec"].get("context", {}).get("resources") or {}
-            out.append(PlacedInstance(node=r["node"], resources=Resources(**res)))
-        return out
-
-    def _place(self, app: Application, exclude: str,
-               current: dict[str, str] | None) -> DeploymentPlan:
-        plans = place([app], self._nodes(), placed=self._placed_elsewhere(exclude),
-                      current=current)
-        return plans[app.metadata.name]
-
-    # -- specs and assignments -------------------------------------------------------------
-    def _save(self, req: DeployRequest, app: Application, plan: DeploymentPlan,
-              keep_revision: bool = False) -> None:
-        instances = self._with_controllers(app, plan)
-        specs = self._specs(req, app, instances)
-        rows = [{"name": i.name, "component": i.component, "site": i.site, "node": i.node,
-                 "spec": specs[i.name].model_dump(mode="json")} for i in instances]
-        if keep_revision:
-            self.p.store.set_instances(app.metadata.name, rows)
-        else:
-            self.p.store.save_app(app.metadata.name, app.model_dump(mode="json", by_alias=True),
-                                  req.bundle, req.source_dir, rows)
-        self.sync_assignments()
-
-    def _with_controllers(self, app: Application, plan: DeploymentPlan) -> list[Instance]:
-        """Add the in-app controllers: one per edge site hosting the app, one in the cloud."""
-        if app.spec.controller is None:
-            return list(plan.instances)
-        nodes = [n for n in self._nodes() if n.ready]
-        cloud = next((s["name"] for s in self.p.store.sites() if s["kind"] == "cloud"), None)
-        sites = sorted({i.site for i in plan.instances} | ({cloud} if cloud else set()))
-        extra = []
-        for site in sites:
-            here = [i.node for i in plan.instances if i.site == site]
-            candidates = [n.name for n in nodes if n.site == site]
-            node = max(set(here), key=here.count) if here else (candidates or [None])[0]
-            if node is None:
-                continue
-            extra.append(Instance(name=f"{CONTROLLER_COMPONENT}-{site}",
-                                  component=CONTROLLER_COMPONENT, site=site, node=node))
-        return list(plan.instances) + extra
-
-    def _specs(self, req: DeployRequest, app: Application,
-               instances: list[Instance]) -> dict[str, InstanceSpec]:
-        sites = {s["name"]: s for s in self.p.store.sites()}
-        nodes = {n["name"]: n for n in self.p.store.nodes()}
-        cloud = next(s for s in sites.values() if s["kind"] == "cloud")["name"]
-        comps = {c.name: c for c in app.spec.components}
-        members = [Peer(instance=i.name, component=i.component, site=i.site, node=i.node)
-                   for i in instances]
-        by_comp: dict[str, list[Peer]] = defaultdict(list)
-        for m in members:
-            by_comp[m.component].append(m)
-        ctrl = app.spec.controller
-        ctrl_info = None
-        if ctrl is not None:
-            ctrl_info = ControllerInfo(
-                policy=getattr(ctrl, "policy", None) or ControllerInfo().policy,
-                params=dict(ctrl.params),
-                report_interval_s=float(getattr(ctrl, "report_interval", 1.0) or 1.0),
-                sites=sorted({i.site for i in instances
-                              if i.component == CONTROLLER_COMPONENT and i.site != cloud}))
-        specs: dict[str, InstanceSpec] = {}
-        for inst in instances:
-            is_ctrl = inst.component == CONTROLLER_COMPONENT and inst.component not in comps
-            comp = comps.get(inst.component)
-            site = sites[inst.site]
-            ctx = InstanceContext(
-                app=app.metadata.name, instance=inst.name, component=inst.component,
-                role="controller" if is_ctrl else "component", site=inst.site,
-                site_kind=site["kind"], cloud_site=cloud, node=inst.node,
-                node_speed=float(nodes[inst.node]["speed"]) if inst.node in nodes else 1.0,
-                broker_url=site["broker"], files_url=site["files"],
-                entry=(getattr(ctrl, "entry", None) or DEFAULT_CONTROLLER) if is_ctrl
-                else (comp.entry or "" if comp else ""),
-                source_dir=req.source_dir or "",
-                python_path=[],
-                params=dict(ctrl.params) if is_ctrl and ctrl else dict(comp.params if comp
-                                                                          else {}),
-                peers={} if comp is None else {c: by_comp.get(c, []) for c in comp.connections},
-                members=members, controller=ctrl_info)
-            context = ctx.model_dump(mode="json")
-            if comp is not None:
-                context["resources"] = comp.resources.model_dump(mode="json")
-            if req.bundle:
-                context["bundle"] = req.bundle
-                context["bundle_python_path"] = list(req.bundle_python_path)
-            env = {**(comp.env if comp else {}), "EDGECLOUD_APP": app.metadata.name,
-                   "EDGECLOUD_INSTANCE": inst.name}
-            command = list(comp.command or []) if comp else []
-            specs[inst.name] = InstanceSpec(
-                app=app.metadata.name, name=inst.name, component=inst.component,
-                kind="command" if command else "entry", command=command, env=env,
-                context=context)
-        return specs
+        # Hooks run in request threads: the worker re-plans (bursts coalesce).
+        self.worker.replan(f"{t.node_id} {t.state}")
 
     def _on_heartbeat(self, node_id: str) -> None:
         # Withheld senders start as soon as a heartbeat reports their receivers running.
-        if self._withheld:
+        if self.withheld:
+            self.worker.sync()
+
+    # -- planning ----------------------------------------------------------------------------
+    def _place_and_commit(self, app: Application, check: Callable[[], None],
+                          current: Callable[[], dict[str, str] | None],
+                          commit: Callable[[DeploymentPlan], None],
+                          sync: bool = True) -> DeploymentPlan:
+        """Place `app` outside the lock on a snapshot of the inputs, then `commit` under
+        it if nothing changed meanwhile (else place again; the last attempt holds the
+        lock throughout). `check` raises if the change is no longer valid."""
+        name = app.metadata.name
+        for attempt in range(PLACEMENT_ATTEMPTS):
+            last = attempt == PLACEMENT_ATTEMPTS - 1
             with self._lock:
-                self.sync_assignments()
+                check()
+                generation = self._generation
+                nodes, placed, cur = self._nodes(), self._placed_elsewhere(name), current()
+                if last:
+                    plan = place([app], nodes, placed=placed, current=cur)[name]
+            if not last:
+                plan = place([app], nodes, placed=placed, current=cur)[name]
+            with self._lock:
+                if not last and generation != self._generation:
+                    continue
+                check()
+                commit(plan)
+                if sync:
+                    self.sync_assignments()
+                return plan
+        raise AssertionError("unreachable")
+
+    def _nodes(self) -> list[PlacementNode]:
+        kinds = {s.name: s.kind for s in self.p.store.infra.sites()}
+        return [PlacementNode(name=n.name, site=n.site, site_kind=kinds[n.site],
+                              labels=n.labels, resources=n.resources, ready=is_live(self.p, n))
+                for n in self.p.store.nodes.all()]
+
+    def _placed_elsewhere(self, exclude: str) -> list[PlacedInstance]:
+        return [PlacedInstance(node=r.node, resources=r.spec.context.resources)
+                for name, a in self._apps.items() if name != exclude for r in a.instances
+                if r.spec.context is not None and r.spec.context.resources is not None]
+
+    # -- specs and assignments -------------------------------------------------------------
+    def _generation_of(self, name: str) -> int:
+        a = self._apps.get(name)
+        return max((r.spec.generation for r in a.instances), default=1) if a else 1
+
+    def _save(self, req: DeployRequest, plan: DeploymentPlan, generation: int) -> None:
+        name = req.topology.metadata.name
+        draft = AppRow(name=name, topology=req.topology, bundle=req.bundle,
+                       source_dir=req.source_dir, bundle_python_path=req.bundle_python_path,
+                       revision=0, created_at=0.0, updated_at=0.0)
+        rows = self._rows(draft, plan, generation)
+        self.p.store.apps.save(req.topology, req.bundle, req.source_dir,
+                               req.bundle_python_path, rows)
+        row = self.p.store.apps.get(name)
+        assert row is not None
+        self._apps[name] = _App(row, rows)
+        self._generation += 1
+
+    def _rows(self, row: AppRow, plan: DeploymentPlan, generation: int) -> list[InstanceRow]:
+        builder = SpecBuilder(self.p.store, row, generation)
+        instances = builder.with_controllers(plan.instances, self._nodes())
+        specs = builder.specs(instances)
+        return [InstanceRow(app=row.name, name=i.name, component=i.component, site=i.site,
+                            node=i.node, spec=specs[i.name]) for i in instances]
 
     def sync_assignments(self) -> None:
         """Push each node's desired instances; only nodes whose list changed get a new
-        revision (so their agents alone wake up).
-
-        An instance is withheld (Pending) until every instance of the components it sends
-        to has run: MQTT drops messages for an inbox nobody subscribed to yet, and once
-        a receiver has run, its persistent session keeps its messages across restarts.
-        Components in a cycle of connections do not wait for each other.
-        """
-        rows = self.p.store.instances()
-        started = self._started_instances(rows)
-        withheld = self._withheld_instances(rows, started)
-        self._withheld = bool(withheld)
-        wanted: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for r in rows:
-            if (r["app"], r["name"]) not in withheld:
-                wanted[r["node"]].append(r["spec"])
-        for n in self.p.store.nodes():
-            desired = sorted(wanted.get(n["name"], []), key=lambda s: (s["app"], s["name"]))
-            if desired != n["assignment"]:
-                self.p.set_assignment(n["id"], desired)
-
-    def _started_instances(self, rows: list[Any]) -> set[tuple[str, str]]:
-        """Instances that have run at least once (their inbox session exists)."""
-        seen = {(s.get("app"), s.get("name")) for n in self.p.store.nodes()
-                for s in n["instance_status"] or []
-                if s.get("state") == "Running" or s.get("restarts", 0) > 0}
-        return {k for k in seen if k[0] is not None} | self._ever_started & {
-            (r["app"], r["name"]) for r in rows}
-
-    def _withheld_instances(self, rows: list[Any],
-                            started: set[tuple[str, str]]) -> set[tuple[str, str]]:
-        self._ever_started |= started
-        by_app: dict[str, list[Any]] = defaultdict(list)
-        for r in rows:
-            by_app[r["app"]].append(r)
-        withheld: set[tuple[str, str]] = set()
-        for app_name, app_rows in by_app.items():
-            row = self.p.store.app(app_name)
-            if row is None:
-                continue
-            conns = {c["name"]: set(c.get("connections", []))
-                     for c in row["spec"]["spec"]["components"]}
-            instances_of: dict[str, list[str]] = defaultdict(list)
-            for r in app_rows:
-                instances_of[r["component"]].append(r["name"])
-            for r in app_rows:
-                for target in conns.get(r["component"], set()):
-                    if _reaches(conns, target, r["component"]):
-                        continue  # a cycle: nobody could ever go first
-                    if any((app_name, t) not in self._ever_started
-                           for t in instances_of.get(target, [])):
-                        withheld.add((app_name, r["name"]))
-                        break
-        return withheld
+        revision (so their agents alone wake up). Senders wait for their receivers
+        (see `withheld_instances`)."""
+        with self._lock:
+            rows = [r for a in self._apps.values() for r in a.instances]
+            nodes = self.p.store.nodes.all()
+            self._ever_started |= {(s.app, s.name) for n in nodes for s in n.instance_status
+                                   if s.state == "Running" or s.restarts > 0}
+            live = {(r.app, r.name) for r in rows}
+            self._ever_started &= live
+            topologies = {name: a.application for name, a in self._apps.items()}
+            withheld = withheld_instances(rows, topologies, self._ever_started)
+            wanted: dict[str, list[InstanceSpec]] = {}
+            for r in rows:
+                if (r.app, r.name) not in withheld:
+                    wanted.setdefault(r.node, []).append(r.spec)
+            current = self.p.store.nodes.assignments()
+            for n in nodes:
+                desired = sorted(wanted.get(n.name, []), key=lambda s: (s.app, s.name))
+                have = current.get(n.id)
+                if have is None or [s.digest() for s in have.instances] != \
+                        [s.digest() for s in desired]:
+                    self.p.set_assignment(n.id, desired)
+            # Published after the assignments, so a status read in between never shows an
+            # instance as neither withheld nor assigned.
+            self.withheld = withheld
 
 
-def _reaches(conns: dict[str, set[str]], start: str, goal: str) -> bool:
-    """Does `start` (transitively) send to `goal`?"""
-    stack, seen = [start], set()
-    while stack:
-        c = stack.pop()
-        if c == goal:
-            return True
-        if c not in seen:
-            seen.add(c)
-            stack.extend(conns.get(c, ()))
-    return False
+__all__ = ["CONTROLLER_COMPONENT", "AppConflict", "AppManager", "AppNotFound",
+           "NoInfrastructure"]

@@ -65,10 +65,10 @@ class Authenticator:
         h = hash_token(token)
         if hmac.compare_digest(h, self.admin_hash):
             return Principal("admin", h)
-        node = self.store.node_by_token(h)
+        node = self.store.nodes.by_token(h)
         if node is not None:
-            return Principal("node", h, node["id"], node["site"], node["name"])
-        check = self.store.check_join_token(h)
+            return Principal("node", h, node.id, node.site, node.name)
+        check = self.store.tokens.check(h)
         if check.site is not None:
             return Principal("join", h, site=check.site)
         return None

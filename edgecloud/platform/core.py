@@ -11,13 +11,14 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, Field
 
 from edgecloud.platform.auth import Authenticator, read_admin_token_hash
-from edgecloud.platform.monitor import TransitionHooks, make_registry
+from edgecloud.platform.hooks import TransitionHooks
+from edgecloud.platform.metrics import make_registry
 from edgecloud.platform.store import Store
+from edgecloud.resource.runtime import InstanceSpec
 from edgecloud.service import Endpoint
 
 
@@ -95,12 +96,13 @@ class Platform:
         self.heartbeat_listeners: list[Callable[[str], None]] = []
         """Called with the node id after every heartbeat (keep them quick)."""
 
-    def set_assignment(self, node_id: str, instances: list[dict[str, Any]]) -> int:
+    def set_assignment(self, node_id: str, instances: list[InstanceSpec]) -> int:
         """Replace the desired instances of node `node_id`; wakes its long-poll.
 
         Returns the new revision. Raises KeyError for an unknown node.
         """
-        rev = self.store.set_assignment(node_id, instances)
+        rev = self.store.nodes.set_assignment(
+            node_id, [s.model_dump(mode="json") for s in instances])
         self.notifier.notify(node_id)
         return rev
 

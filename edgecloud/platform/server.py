@@ -18,20 +18,32 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from edgecloud.errors import UserError
+from edgecloud.errors import FileValidationError, UserError
 from edgecloud.log import get_logger
 from edgecloud.platform.api import api, root
-from edgecloud.platform.api_apps import InstanceCollector, apps_api
+from edgecloud.platform.api_apps import apps_api
 from edgecloud.platform.api_commands import commands_api
-from edgecloud.platform.apps import AppManager
+from edgecloud.platform.apps import AppConflict, AppManager, AppNotFound, NoInfrastructure
 from edgecloud.platform.core import AssignmentNotifier, Platform, PlatformConfig
 from edgecloud.platform.monitor import watch_readiness
+from edgecloud.platform.orchestrator import PlacementError
 from edgecloud.schema import format_loc
 from edgecloud.service import run_service
 
 log = get_logger("platform")
 
-__all__ = ["PlatformConfig", "Platform", "create_app", "serve"]
+__all__ = ["PlatformConfig", "Platform", "create_app", "serve", "USER_ERROR_STATUS"]
+
+USER_ERROR_STATUS: list[tuple[type[UserError], int, str]] = [
+    (AppNotFound, 404, ""),
+    (AppConflict, 409, ""),
+    (NoInfrastructure, 409, ""),
+    (PlacementError, 409, "no deployment plan: "),
+    (FileValidationError, 422, ""),
+    (UserError, 400, ""),
+]
+"""The one mapping of user errors to HTTP answers (most specific class first):
+`{"detail": "<prefix><message>"}` with the status."""
 
 
 def create_app(config: PlatformConfig) -> FastAPI:
@@ -51,6 +63,7 @@ def create_app(config: PlatformConfig) -> FastAPI:
             platform.notifier.wake_all()
             stop.set()
             await task
+            app.state.apps.close()
             platform.close()
 
     app = FastAPI(title="edgecloud platform", version="1", lifespan=lifespan,
@@ -58,14 +71,22 @@ def create_app(config: PlatformConfig) -> FastAPI:
                               "tokens, applications.")
     app.state.platform = platform
     app.state.apps = AppManager(platform)
-    platform.registry.register(InstanceCollector(platform.store))
     app.include_router(root)
     app.include_router(api)
     app.include_router(apps_api)
     app.include_router(commands_api)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(UserError, _user_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error)
     return app
+
+
+async def _user_error(request: Request, exc: UserError) -> JSONResponse:
+    # Subclasses are looked up here, not registered one by one, so the order of
+    # USER_ERROR_STATUS (most specific first) decides.
+    status, prefix = next((code, pre) for cls, code, pre in USER_ERROR_STATUS
+                          if isinstance(exc, cls))
+    return JSONResponse({"detail": prefix + str(exc)}, status_code=status)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

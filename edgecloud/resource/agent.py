@@ -361,7 +361,7 @@ class Agent:
             self._problem(f"saving new endpoints to {self.token_file}", exc)
         self._creds = creds
         if self.node is not None:
-            set_node_endpoints(self.node, broker, files)
+            self.node.set_endpoints(broker, files)
         return creds
 
     def _revoked(self, exc: PlatformError) -> None:
@@ -451,16 +451,6 @@ class Agent:
         if self.on_assignment is not None:
             self.on_assignment(a)
         self.revision = a.revision
-
-
-def set_node_endpoints(node: NodeRuntime, broker: str, files: str) -> None:
-    """Point a node runtime at its site's current broker and file server."""
-    setter = getattr(node, "set_endpoints", None)
-    if callable(setter):
-        setter(broker, files)
-        return
-    # A node runtime without `set_endpoints` localises new instances from these.
-    node.broker_url, node.files_url = broker, files
 
 
 def run_agent(config: AgentConfig, stop: threading.Event | None = None,

@@ -15,10 +15,10 @@ import tarfile
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
 
 from edgecloud.log import get_logger
-from edgecloud.resource.runtime import InstanceSpec, ProcessRuntime
+from edgecloud.resource.files import FileClient, FileRef
+from edgecloud.resource.runtime import InstanceSpec, InstanceStatus, ProcessRuntime
 
 log = get_logger("node")
 
@@ -35,43 +35,88 @@ class NodeRuntime:
         self.broker_url = broker_url
         self.runtime = ProcessRuntime(state_dir)
         self._offsets: dict[str, int] = {}
+        self._assigned: list[InstanceSpec] = []
         self._assigned_digest: dict[str, str] = {}
+        self._preparing: dict[str, InstanceStatus] = {}
         self._lock = threading.Lock()
+        self._apply_lock = threading.Lock()
+        self._applied_endpoints = (broker_url, files_url)
 
     # -- assignment ----------------------------------------------------------------------
-    def apply(self, instances: list[dict[str, Any]]) -> None:
-        specs: list[InstanceSpec] = []
-        for raw in instances:
+    def apply(self, instances: list[InstanceSpec]) -> None:
+        """Run exactly `instances` (as the platform assigned them) on this node."""
+        with self._apply_lock:
+            self._assigned = list(instances)
+            self._apply_assigned()
+        self._follow_endpoints()
+
+    def set_endpoints(self, broker_url: str, files_url: str) -> None:
+        """Adopt the site's current broker and file-server URLs (its services moved).
+
+        Instances restart only if a value actually changed (their context carries them).
+        Never waits for an apply in progress (this runs on the heartbeat thread): that
+        apply re-applies with the new values when it ends.
+        """
+        if (broker_url, files_url) == (self.broker_url, self.files_url):
+            return
+        log.info("site endpoints changed", broker=broker_url, files=files_url)
+        self.broker_url, self.files_url = broker_url, files_url
+        self._follow_endpoints()
+
+    def _follow_endpoints(self) -> None:
+        # Whoever releases the apply lock checks again, so a change made while another
+        # thread held it is never left unapplied.
+        while self._applied_endpoints != (self.broker_url, self.files_url):
+            if not self._apply_lock.acquire(blocking=False):
+                return
             try:
-                spec = InstanceSpec.model_validate(raw)
-                specs.append(self._localise(spec))
-                # The platform compares digests of what it assigned, not of the local copy.
-                self._assigned_digest[spec.key] = spec.digest()
+                if self._applied_endpoints != (self.broker_url, self.files_url):
+                    self._apply_assigned()
+            finally:
+                self._apply_lock.release()
+
+    def _apply_assigned(self) -> None:
+        endpoints = (self.broker_url, self.files_url)
+        specs: list[InstanceSpec] = []
+        for spec in self._assigned:
+            # The platform compares digests of what it assigned, not of the local copy.
+            self._assigned_digest[spec.key] = spec.digest()
+            try:
+                specs.append(self._localise(spec, *endpoints))
             except Exception as exc:  # one bad instance must not block the others
-                log.error("cannot prepare instance", instance=str(raw.get("name")),
-                          error=str(exc))
+                log.error("cannot prepare instance", instance=spec.key, error=str(exc))
+                self._preparing[spec.key] = self._pending(spec, f"cannot prepare: {exc}")
         with self._lock:
             self.runtime.apply(specs)
-            alive = {f"{s.app}/{s.name}" for s in specs}
+            alive = {s.key for s in specs}
             self._offsets = {k: v for k, v in self._offsets.items() if k in alive}
+            assigned = {s.key for s in self._assigned}
+            self._preparing = {k: v for k, v in self._preparing.items()
+                               if k in assigned and k not in alive}
+            self._assigned_digest = {k: v for k, v in self._assigned_digest.items()
+                                     if k in assigned}
+        self._applied_endpoints = endpoints
 
-    def _localise(self, spec: InstanceSpec) -> InstanceSpec:
+    def _localise(self, spec: InstanceSpec, broker_url: str, files_url: str) -> InstanceSpec:
         """Fill in what only the node knows: its site's endpoints and the bundle path."""
-        ctx = dict(spec.context)
-        ctx.setdefault("broker_url", self.broker_url)
-        ctx.setdefault("files_url", self.files_url)
-        bundle = ctx.get("bundle")
-        if bundle:
-            root = self.fetch_bundle(bundle)
-            ctx["source_dir"] = str(root / ctx.get("bundle_subdir", ""))
-            ctx["python_path"] = [str(root / p) for p in ctx.get("bundle_python_path", [])]
-        return spec.model_copy(update={"context": ctx})
+        ctx = spec.context
+        if ctx is None:
+            return spec
+        update: dict[str, object] = {"broker_url": broker_url, "files_url": files_url}
+        if ctx.bundle is not None:
+            self._preparing[spec.key] = self._pending(
+                spec, f"fetching bundle {ctx.bundle.sha256[:12]} ({ctx.bundle.size} bytes)")
+            root = self.fetch_bundle(ctx.bundle)
+            update["source_dir"] = str(root / ctx.bundle_subdir)
+            update["python_path"] = [str(root / p) for p in ctx.bundle_python_path]
+        return spec.model_copy(update={"context": ctx.model_copy(update=update)})
 
-    def fetch_bundle(self, ref: dict[str, Any]) -> Path:
+    def _pending(self, spec: InstanceSpec, reason: str) -> InstanceStatus:
+        return InstanceStatus(app=spec.app, name=spec.name, component=spec.component,
+                              state="Pending", digest=spec.digest(), reason=reason)
+
+    def fetch_bundle(self, file_ref: FileRef) -> Path:
         """Unpacked bundle directory for a FileRef, fetched once per sha256."""
-        from edgecloud.resource.files import FileClient, FileRef
-
-        file_ref = FileRef.model_validate(ref)
         dest = self.state_dir / "bundles" / file_ref.sha256
         if (dest / ".complete").exists():
             return dest
@@ -89,10 +134,13 @@ class NodeRuntime:
         return dest
 
     # -- reporting -----------------------------------------------------------------------
-    def report(self) -> tuple[list[dict[str, Any]], dict[str, str]]:
-        """Instance statuses and new output per instance since the last report."""
+    def report(self) -> tuple[list[InstanceStatus], dict[str, str]]:
+        """Instance statuses (those still being prepared as Pending, with why) and new
+        output per instance since the last report."""
         statuses = [s.model_copy(update={"digest": self._assigned_digest.get(
             f"{s.app}/{s.name}", s.digest)}) for s in self.runtime.statuses()]
+        running = {f"{s.app}/{s.name}" for s in statuses}
+        statuses += [p for k, p in list(self._preparing.items()) if k not in running]
         logs: dict[str, str] = {}
         with self._lock:
             for s in statuses:
@@ -100,7 +148,7 @@ class NodeRuntime:
                 chunk = self._new_output(key, self.runtime.log_path(s.app, s.name))
                 if chunk:
                     logs[key] = chunk
-        return [s.model_dump(mode="json") for s in statuses], logs
+        return statuses, logs
 
     def _new_output(self, key: str, path: Path) -> str:
         try:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from edgecloud.errors import UserError
 from edgecloud.resource.infra import Infrastructure, Name, Resources
+from edgecloud.resource.runtime.spec import InstanceSpec, InstanceStatus
 from edgecloud.schema import StrictModel
 
 API_PREFIX = "/api/v1"
@@ -64,6 +65,38 @@ class NodeInfo(BaseModel):
     agent_version: str | None = None
     hostname: str | None = None
     assignment_revision: int = 0
+
+
+class StatusNode(BaseModel):
+    """A node in `GET /status` (the live part of `NodeInfo`)."""
+
+    name: str
+    id: str
+    state: NodeState
+    labels: dict[str, str]
+    resources: Resources
+    last_heartbeat: datetime | None
+    metrics: dict[str, Any]
+
+
+class StatusSite(BaseModel):
+    name: str
+    kind: Literal["cloud", "edge"]
+    broker: str
+    files: str
+    nodes: list[StatusNode]
+
+
+class PlatformInfo(BaseModel):
+    url: str
+
+
+class PlatformStatus(BaseModel):
+    """`GET /status`: the platform, the infrastructure's name, sites with their nodes."""
+
+    platform: PlatformInfo
+    infra: str | None
+    sites: list[StatusSite]
 
 
 # -- tokens and join -------------------------------------------------------------------------
@@ -117,8 +150,7 @@ class NodeMetrics(StrictModel):
 
 class Heartbeat(StrictModel):
     metrics: NodeMetrics
-    instances: list[dict[str, Any]] = Field(
-        default=[], description="per-instance status (typed once instances exist)")
+    instances: list[InstanceStatus] = Field(default=[], description="per-instance status")
     logs: dict[str, str] = Field(
         default={}, description="new output per instance (`<app>/<instance>`) since the "
                                 "last heartbeat")
@@ -138,11 +170,11 @@ class HeartbeatResponse(BaseModel):
                                                 "now")
 
 
-class Assignment(BaseModel):
+class Assignment(StrictModel):
     """The desired instance set of one node; `revision` grows with every change."""
 
     revision: int = 0
-    instances: list[dict[str, Any]] = []
+    instances: list[InstanceSpec] = []
 
 
 # -- client --------------------------------------------------------------------------------
@@ -187,7 +219,10 @@ class PlatformClient:
 
     def request(self, method: str, path: str, what: str, *, json: Any = None,
                 params: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
-        """One API call; returns the decoded JSON body (None for 204)."""
+        """One API call; returns the decoded JSON body (None for 204). A pydantic model
+        as `json` is sent as its JSON (by alias, as the files spell it)."""
+        if isinstance(json, BaseModel):
+            json = json.model_dump(mode="json", by_alias=True)
         kwargs: dict[str, Any] = {"json": json, "params": params}
         if timeout is not None:
             kwargs["timeout"] = timeout
@@ -232,7 +267,11 @@ class PlatformClient:
             self.request("POST", "/tokens", f"create a join token for site {site}", json=body))
 
     def status(self) -> dict[str, Any]:
+        """`GET /status` as JSON (see `platform_status` for the typed document)."""
         return self.request("GET", "/status", "platform status")
+
+    def platform_status(self) -> PlatformStatus:
+        return PlatformStatus.model_validate(self.status())
 
     # -- node ----------------------------------------------------------------------------
     def join(self, req: JoinRequest) -> JoinResponse:

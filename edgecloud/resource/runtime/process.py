@@ -153,7 +153,7 @@ class ProcessRuntime:
         inst.dir.mkdir(parents=True, exist_ok=True)
         (inst.dir / READY_FILE).unlink(missing_ok=True)
         ctx = inst.dir / "context.json"
-        ctx.write_text(json.dumps({**spec.context, "instance_dir": str(inst.dir)}))
+        ctx.write_text(spec.context_json(str(inst.dir)))
         env = {**os.environ, **self.base_env, **spec.env, "EDGECLOUD_CONTEXT": str(ctx),
                "PYTHONUNBUFFERED": "1"}
         argv = ([self.python, "-m", "edgecloud.application.runner"] if spec.kind == "entry"

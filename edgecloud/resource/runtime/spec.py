@@ -6,16 +6,19 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from edgecloud.resource.runtime.context import InstanceContext
+from edgecloud.schema import StrictModel
 
 InstanceState = Literal["Pending", "Running", "Restarting", "Failed", "Succeeded"]
 
 
-class InstanceSpec(BaseModel):
+class InstanceSpec(StrictModel):
     """One instance a node must run.
 
     `kind="entry"`: the agent runs the SDK runner (`python -m edgecloud.application.runner`)
-    which imports `context["entry"]`; `kind="command"`: the agent runs `command` as given.
+    which imports `context.entry`; `kind="command"`: the agent runs `command` as given.
     `context` is written to `<instance dir>/context.json`; its path is in the environment
     variable EDGECLOUD_CONTEXT, so a command written in any language can read it.
     """
@@ -26,8 +29,11 @@ class InstanceSpec(BaseModel):
     kind: Literal["entry", "command"] = "entry"
     command: list[str] = []
     env: dict[str, str] = {}
-    context: dict[str, Any] = {}
+    context: InstanceContext | None = Field(
+        None, description="None only for commands started outside a platform (tests)")
     restart: Literal["always", "on-failure", "never"] = "always"
+    generation: int = Field(1, ge=1, description="bumped by a thorough update, so that "
+                                                 "every instance restarts")
 
     @property
     def key(self) -> str:
@@ -39,8 +45,14 @@ class InstanceSpec(BaseModel):
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
+    def context_json(self, instance_dir: str) -> str:
+        """The document written to `<instance dir>/context.json`."""
+        if self.context is None:
+            return json.dumps({"instance_dir": instance_dir})
+        return self.context.model_copy(update={"instance_dir": instance_dir}).model_dump_json()
 
-class InstanceStatus(BaseModel):
+
+class InstanceStatus(StrictModel):
     """How an instance is doing on its node; sent with every heartbeat."""
 
     app: str
