@@ -14,7 +14,7 @@ from edgecloud.errors import UserError
 from edgecloud.procutil import free_port, spawn_service, stop_process, wait_port
 from edgecloud.resource.broker import BrokerConfig, mosquitto_path
 from edgecloud.resource.codec import PayloadError, decode, encode, encode_json
-from edgecloud.resource.mqtt import Message, MqttClient
+from edgecloud.resource.mqtt import Delivery, MqttClient, OwnerResendClient
 from edgecloud.service import Endpoint
 from tests.support import collector, eventually
 
@@ -125,9 +125,10 @@ def clients(broker: BrokerProc) -> Iterator[Callable[..., MqttClient]]:
 
 
 
-def subscribed(c: MqttClient) -> None:
-    """Give the SUBSCRIBE a round trip (no SUBACK wait in the API: subscribe is async)."""
-    time.sleep(0.2)
+def subscribed(c: MqttClient, *patterns: str) -> None:
+    """Wait for the SUBACK of every pattern subscribed on `c` (or of `patterns`)."""
+    for p in patterns or list(c._subs):
+        assert c.wait_subscribed(p, 10), f"no SUBACK for {p!r}"
 
 
 # -- MqttClient ----------------------------------------------------------------------------
@@ -175,7 +176,7 @@ def test_malformed_and_failing_handlers_are_not_fatal(clients: Callable[..., Mqt
     sub, pub = clients(), clients()
     got, h = collector()
 
-    def boom(m: Message) -> None:
+    def boom(m: Delivery) -> None:
         if m.body == "explode":
             raise RuntimeError("handler bug")
 
@@ -273,7 +274,7 @@ def test_retransmit_false_leaves_resending_to_the_owner(tmp_path: Path) -> None:
     b = BrokerProc(tmp_path, "amqtt", "owner").start()
     reconnects: list[float] = []
     delivered: list[int] = []
-    pub = MqttClient(b.url, "owner-pub", retransmit=False,
+    pub = OwnerResendClient(b.url, "owner-pub",
                      on_reconnect=lambda: reconnects.append(time.monotonic()),
                      on_delivered=delivered.append)
     try:
