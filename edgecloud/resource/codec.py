@@ -16,7 +16,7 @@ import json
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import count
 from typing import Any
@@ -157,6 +157,10 @@ class RecentIds:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def __iter__(self) -> Iterator[str]:
+        """The remembered ids, least recently seen first."""
+        return iter(list(self._ids))
 
     def add(self, msg_id: str) -> None:
         """Remember `msg_id` (the oldest id is forgotten beyond `capacity`)."""
