@@ -75,14 +75,16 @@ def main() -> int:
             raise UserError(f"entry {ctx.entry!r} is not a subclass of edgecloud.Component")
         # The platform starts senders only once receivers ran once (their session exists).
         mqtt = instance_client(ctx)
-        mqtt.connect(timeout=30)
         comp = cls(ctx, mqtt)
+        # Subscribed before connecting: the session's backlog (messages not acknowledged
+        # by the previous run) arrives right after the CONNACK and must find its handlers.
+        comp._attach()
+        mqtt.connect(timeout=30)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, lambda *_: comp.stop())
     signal.signal(signal.SIGINT, lambda *_: comp.stop())
-    comp._attach()
     log.info("instance up", app=ctx.app, instance=ctx.instance, site=ctx.site, node=ctx.node)
     code = 0
     try:

@@ -314,7 +314,7 @@ class Bridge:
         log.info("progress", site=self.site, up_in=s["up_in"], up_out=s["up_out"],
                  down_in=s["down_in"], down_out=s["down_out"],
                  outbox_up=self.outbox.depth("up"), outbox_down=self.outbox.depth("down"),
-                 duplicates=s["duplicates_dropped"],
+                 duplicates=s["duplicates_dropped"], local_dropped=s["local_dropped"],
                  edge="up" if self.edge.connected and self.target["down"].connected else "down",
                  cloud="up" if self.cloud.connected and self.target["up"].connected else "down")
 

@@ -107,7 +107,7 @@ class BaseClient:
         self.stats: dict[str, int] = {
             "received": 0, "published": 0, "malformed": 0, "handler_errors": 0,
             "duplicates_dropped": 0, "queue_full": 0, "reconnects": 0, "forgotten": 0,
-            "dropped_offline": 0,
+            "dropped_offline": 0, "unrouted": 0,
         }
         self._paho = PahoTransport(self.client_id, clean_session, manual_ack)
         self._paho.max_inflight_messages_set(0)  # our own window, see module docstring
@@ -422,6 +422,11 @@ class BaseClient:
             return
         msg.ticket = ticket
         handlers, manual = self._route(topic)  # type: ignore[arg-type]
+        if not handlers:
+            # E.g. a persistent session's backlog arriving before the owner subscribed
+            # again: subscribe before connecting to receive it.
+            self.stats["unrouted"] += 1
+            log.warning("message for no subscription dropped", topic=topic, broker=self.url)
         failed = False
         for handler in handlers:
             try:
