@@ -7,6 +7,7 @@ edgecloud.application.runner` with a context file in the instance directory.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from edgecloud.procutil import free_port, wait_port
 from edgecloud.resource.broker import BrokerConfig, mosquitto_conf, mosquitto_path
 from edgecloud.resource.mqtt import BackpressureError, MqttClient
 from edgecloud.service import Endpoint
+from tests.apps.delivery_app import Recorder
 from tests.support import collector, eventually
 
 pytestmark = [pytest.mark.timeout(90),
@@ -135,7 +138,7 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(mosq: Mosquitto, tmp_path:
 
     The old SDK acknowledged each inbox message on receipt and queued it in memory: here
     it lost for good every message queued in the killed process (measured on the old
-    code: 375 of 1000 never handled), as the issue measured at the cloud (101 of 800).
+    code: 401 of 1000 never handled), as the issue measured at the cloud (101 of 800).
     """
     n = 1000
     out = tmp_path / "out"
@@ -206,22 +209,35 @@ def test_sigterm_drains_joins_then_teardown_and_keeps_the_rest(mosq: Mosquitto,
         inst.close()
 
 
+@contextmanager
+def running_component(mosq: Mosquitto, tmp: Path, name: str, keepalive: int = 30
+                      ) -> Iterator[tuple[Recorder, MqttClient]]:
+    """A Recorder in this process, wired as the runner wires it (subscribe, setup, inbox)."""
+    ctx = context(mosq.url, name, {"out": str(tmp / f"{name}.out")}, tmp / name)
+    client = MqttClient(mosq.url, f"{APP}.{name}", src=name, clean_session=False,
+                        keepalive=keepalive, manual_ack=True, dedup=False)
+    comp = Recorder(ctx, client)
+    try:
+        comp._attach()
+        client.connect()
+        comp.setup()
+        comp._start_inbox()
+        yield comp, client
+    finally:
+        comp.stop()
+        comp._finish_inbox()
+        client.close()
+
+
 def test_slow_subscribe_handler_does_not_stall_the_connection(mosq: Mosquitto,
                                                               tmp_path: Path) -> None:
     """A subscribe handler runs on the worker: while it sleeps past several keepalives the
-    network thread keeps the connection up, acknowledges publishes, applies decisions."""
-    from tests.apps.delivery_app import Recorder
-
-    out = tmp_path / "out"
-    ctx = context(mosq.url, "slow-0", {"out": str(out)}, tmp_path / "slow-0")
-    client = MqttClient(mosq.url, f"{APP}.slow-0", src="slow-0", clean_session=False,
-                        keepalive=1, manual_ack=True, dedup=False).connect()
-    comp = Recorder(ctx, client)
+    network thread keeps the connection up, acknowledges publishes, applies decisions.
+    (The old SDK ran it on the network thread: decisions waited, the broker dropped the
+    connection.)"""
+    out = tmp_path / "slow-0.out"
     ctl = MqttClient(mosq.url, src="controller-cloud").connect()
-    try:
-        comp._attach()
-        comp.setup()
-        comp._start_inbox()
+    with running_component(mosq, tmp_path, "slow-0", keepalive=1) as (comp, client):
         assert client.wait_subscribed(topics.user_topic("cloud", APP, "slow"), 10)
         ctl.publish(topics.user_topic("cloud", APP, "slow"), {"sleep": 4})
         ctl.publish(topics.inbox("cloud", APP, "slow-0"), {"i": 1})  # waits behind it
@@ -233,11 +249,42 @@ def test_slow_subscribe_handler_does_not_stall_the_connection(mosq: Mosquitto,
         assert handled(out) == []
         assert eventually(lambda: handled(out) == ["slow", "1"], 10)  # documented order
         assert client.connected and client.stats["reconnects"] == 0  # 4 s, keepalive 1 s
-    finally:
-        comp.stop()
-        comp._finish_inbox()
-        client.close()
-        ctl.close()
+    ctl.close()
+
+
+def test_malformed_commands_and_decisions_are_dropped_whole(
+        mosq: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Commands are parsed once (`ControllerCommand`): a malformed one is logged with the
+    reason and dropped, never half-applied; the next good one applies."""
+    caplog.set_level(logging.WARNING)
+    ctl = MqttClient(mosq.url, src="controller-cloud").connect()
+    commands = topics.commands("cloud", APP)
+    bad: list[Any] = [
+        {"component": "*", "args": {"bad1": 1}},                        # no op
+        {"op": "set", "component": "*", "args": {"bad2": 2}, "also": 1},  # unknown key
+        {"op": "set", "args": ["bad3"]},                                # args not a map
+        {"op": "filter", "args": {"target": "sink", "every": "often"}},  # bad filter
+        "set bad5=5",                                                   # not a map at all
+    ]
+
+    def dropped() -> list[dict[str, Any]]:
+        return [getattr(r, "fields", {}) for r in caplog.records
+                if r.getMessage().startswith(("malformed controller command",
+                                              "controller command rejected",
+                                              "malformed decisions"))]
+
+    with running_component(mosq, tmp_path, "cmd-0") as (comp, client):
+        assert client.wait_subscribed(commands, 10)
+        for body in bad:
+            ctl.publish(commands, body)
+        ctl.publish(topics.decisions("cloud", APP, "local"), ["not", "a", "map"])
+        ctl.publish(commands, {"op": "set", "component": "sink", "args": {"good": 4}})
+        assert eventually(lambda: comp.params.get("good") == 4, 10)
+        assert eventually(lambda: len(dropped()) == len(bad) + 1, 5), dropped()
+        assert not any(k.startswith("bad") for k in (*comp.params, *comp.policy.policy.params))
+        assert comp._filters == {} and comp.policy.decisions == {}
+        assert all(f.get("reason") for f in dropped())
+    ctl.close()
 
 
 def test_acks_go_in_receive_order(mosq: Mosquitto) -> None:
@@ -302,7 +349,9 @@ def test_backpressure_blocks_then_raises_when_the_broker_stops_acking(tmp_path: 
 
 def test_subscribe_racing_reconnects_is_never_lost(mosq: Mosquitto) -> None:
     """Subscribes while the connection is taken over again and again (another client with
-    the same id): every pattern ends up subscribed and receives."""
+    the same id): every pattern ends up subscribed and receives. (The old client took its
+    re-subscribe snapshot before setting its connected flag: a subscribe in between was
+    never sent; this lost a few patterns in 2 of 3 runs.)"""
     c = MqttClient(mosq.url, "race-sub").connect()
     got, h = collector()
     stop = threading.Event()
@@ -318,14 +367,17 @@ def test_subscribe_racing_reconnects_is_never_lost(mosq: Mosquitto) -> None:
             stop.wait(0.1)
 
     thief = threading.Thread(target=take_over)
-    patterns = [f"race/{i}" for i in range(600)]
+    patterns = [f"race/{i}" for i in range(3000)]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads interleave finely: the race window gets hit
     try:
         thief.start()
         for p in patterns:
             c.subscribe(p, h)
-            time.sleep(0.004)
+            time.sleep(0.001)
         stop.set()
         thief.join()
+        sys.setswitchinterval(switch)
         assert c.stats["reconnects"] >= 5, "the race did not happen"
         assert c.wait_connected(10)
         missing = [p for p in patterns if not c.wait_subscribed(p, 10)]
@@ -335,8 +387,10 @@ def test_subscribe_racing_reconnects_is_never_lost(mosq: Mosquitto) -> None:
             pub.publish(p, p)
         assert pub.flush(10)
         pub.close()
-        assert eventually(lambda: len(got) >= len(patterns), 10)
+        assert eventually(lambda: len(got) >= len(patterns), 10), (
+            f"{len(patterns) - len(got)} of {len(patterns)} patterns receive nothing")
         assert sorted(m.body for m in got) == sorted(patterns)
     finally:
+        sys.setswitchinterval(switch)
         stop.set()
         c.close()

@@ -132,6 +132,7 @@ class BaseClient:
         self._inflight = 0
         self._hold = False  # set while reconnecting: new publishes wait in _pending
         self._subs: dict[str, _Sub] = {}
+        self._wildcards: set[str] = set()  # patterns with + or # (the rest match exactly)
         self._match_cache: dict[str, tuple[list[Handler], bool]] = {}
         self._sub_mids: dict[int, list[str]] = {}  # SUBSCRIBE packet id -> its patterns
         self._subacked: set[str] = set()  # patterns acknowledged on this connection
@@ -339,6 +340,8 @@ class BaseClient:
             old = self._subs.get(pattern)
             if old is None:
                 self._subs[pattern] = _Sub(qos, [handler], ack)
+                if "+" in pattern or "#" in pattern:
+                    self._wildcards.add(pattern)
             else:
                 old.qos, old.handlers = max(qos, old.qos), [*old.handlers, handler]
                 old.ack = "manual" if "manual" in (ack, old.ack) else "auto"
@@ -363,6 +366,7 @@ class BaseClient:
         """Drop every handler of `pattern` and unsubscribe from the broker."""
         with self._lock:
             self._subs.pop(pattern, None)
+            self._wildcards.discard(pattern)
             self._subacked.discard(pattern)
             self._match_cache.clear()
             if self._connected.is_set():
@@ -381,7 +385,9 @@ class BaseClient:
         cached = self._match_cache.get(topic)
         if cached is None:
             with self._lock:
-                subs = [s for p, s in self._subs.items() if topic_matches(p, topic)]
+                exact = self._subs.get(topic)
+                subs = [exact] if exact is not None else []
+                subs += [self._subs[p] for p in self._wildcards if topic_matches(p, topic)]
                 handlers = list(dict.fromkeys(h for s in subs for h in s.handlers))
                 cached = handlers, any(s.ack == "manual" for s in subs)
                 if len(self._match_cache) > 10_000:
