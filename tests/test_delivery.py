@@ -210,12 +210,12 @@ def test_sigterm_drains_joins_then_teardown_and_keeps_the_rest(mosq: Mosquitto,
 
 
 @contextmanager
-def running_component(mosq: Mosquitto, tmp: Path, name: str, keepalive: int = 30
+def running_component(mosq: Mosquitto, tmp: Path, name: str, **client_kw: Any
                       ) -> Iterator[tuple[Recorder, MqttClient]]:
     """A Recorder in this process, wired as the runner wires it (subscribe, setup, inbox)."""
     ctx = context(mosq.url, name, {"out": str(tmp / f"{name}.out")}, tmp / name)
     client = MqttClient(mosq.url, f"{APP}.{name}", src=name, clean_session=False,
-                        keepalive=keepalive, manual_ack=True, dedup=False)
+                        manual_ack=True, dedup=False, **client_kw)
     comp = Recorder(ctx, client)
     try:
         comp._attach()
@@ -344,6 +344,34 @@ def test_backpressure_blocks_then_raises_when_the_broker_stops_acking(tmp_path: 
     finally:
         broker.resume()
         pub.close()
+        broker.stop()
+
+
+def test_a_handler_stuck_on_backpressure_leaves_its_message_to_the_broker(
+        tmp_path: Path) -> None:
+    """on_message whose sends hit backpressure has not handled its message: it is not
+    acknowledged, the instance stops with the reason, and the next start gets it again."""
+    broker = Mosquitto(tmp_path)
+    out = tmp_path / "bp-0.out"
+    ctl = MqttClient(broker.url, src="source-0").connect()
+    inbox = topics.inbox("cloud", APP, "bp-0")
+    try:
+        with running_component(broker, tmp_path, "bp-0", max_inflight=2, max_queued=2,
+                               publish_timeout=0.5) as (comp, client):
+            assert client.wait_subscribed(inbox, 10)
+            ctl.publish(inbox, {"i": 7, "fanout": 20, "delay": 0.5})
+            assert eventually(lambda: client.stats["received"] >= 1, 5)
+            broker.pause()  # while on_message sleeps: its sends then find no broker
+            assert eventually(lambda: comp.stopped.is_set(), 10)
+            assert "has not acknowledged" in comp._failure
+            assert handled(out) == []
+            broker.resume()
+        with running_component(broker, tmp_path, "bp-0") as (comp, client):
+            assert eventually(lambda: handled(out) == ["7"], 10)  # redelivered, handled
+            assert not comp._failure
+    finally:
+        broker.resume()
+        ctl.close()
         broker.stop()
 
 

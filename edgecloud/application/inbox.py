@@ -16,6 +16,11 @@ and the newest `DEDUP_CAPACITY` are loaded at start, so the suppression survives
 instance's own crash. A plain write() without fsync is enough for that: the data of a
 killed process's completed write() is in the kernel and reaches the file.
 
+A handler that cannot hand its output on (`BackpressureError`: the broker has stopped
+acknowledging) has not really handled its message: that message is NOT acknowledged, the
+worker stops and `on_stuck` is called (the runner exits non-zero, the instance is
+restarted, the broker redelivers). Any other exception counts as handled (bad message).
+
 What remains, honestly:
 - killed between the end of a handler and the write() of its id (microseconds), or
   inside a handler: that message is handled again after the restart (at least once);
@@ -37,7 +42,7 @@ from pathlib import Path
 
 from edgecloud.log import KVLogger
 from edgecloud.resource.codec import RecentIds
-from edgecloud.resource.mqtt import BaseClient, Delivery
+from edgecloud.resource.mqtt import BackpressureError, BaseClient, Delivery
 
 DEDUP_CAPACITY = 50_000
 JOURNAL_FILE = "handled-ids"
@@ -113,8 +118,10 @@ class Inbox:
     `join` waits for the worker. See the module docstring for the guarantees.
     """
 
-    def __init__(self, client: BaseClient, log: KVLogger, instance_dir: str = "") -> None:
+    def __init__(self, client: BaseClient, log: KVLogger, instance_dir: str = "",
+                 on_stuck: Callable[[str], None] | None = None) -> None:
         self._client = client
+        self._on_stuck = on_stuck
         self._log = log
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._journal = HandledJournal(Path(instance_dir) / JOURNAL_FILE) if instance_dir \
@@ -175,18 +182,28 @@ class Inbox:
                 self._log.info("stopping with messages not handled; the broker keeps them",
                                messages=self.left_unhandled)
                 break
-            self._handle(item)
+            if not self._handle(item):
+                break
         if self._journal is not None:
             self._journal.close()
 
-    def _handle(self, item: _Item) -> None:
+    def _handle(self, item: _Item) -> bool:
+        """Handle one message; False if the worker must stop (output cannot be sent)."""
         d = item.delivery
         if d.id and d.id in self._handled:
             self.duplicates += 1
             self._client.ack(d)
-            return
+            return True
         try:
             item.handle(d, item.received_at)
+        except BackpressureError as exc:
+            self._accepting = False
+            self.left_unhandled = self._queue.qsize() + 1
+            self._log.error("stopping: a handler's output cannot be published; its message "
+                            "stays with the broker", topic=d.topic, error=str(exc))
+            if self._on_stuck is not None:
+                self._on_stuck(str(exc))
+            return False
         except Exception:  # the handle functions log their own; this is the last guard
             self._log.exception("message handling failed", topic=d.topic)
         if d.id:
@@ -197,3 +214,4 @@ class Inbox:
                 except OSError as exc:
                     self._log.warning("cannot record a handled message id", error=str(exc))
         self._client.ack(d)
+        return True

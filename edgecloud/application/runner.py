@@ -107,6 +107,9 @@ def main() -> int:
     finally:
         comp.stop()
         comp._finish_inbox()  # the last on_message returned: teardown cannot race it
+        if comp._failure:  # a message could not be handled; the restart redelivers it
+            print(f"error: {comp._failure}", file=sys.stderr, flush=True)
+            code = 1
         try:
             comp.teardown()
         except Exception:

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -36,7 +37,7 @@ from edgecloud.application.metrics import Metrics
 from edgecloud.application.policy import Policy, Report, parse_decisions
 from edgecloud.errors import UserError
 from edgecloud.log import KVLogger, get_logger
-from edgecloud.resource.mqtt import BaseClient, Delivery, topic_matches
+from edgecloud.resource.mqtt import BackpressureError, BaseClient, Delivery, topic_matches
 
 if TYPE_CHECKING:
     from edgecloud.resource.files import FileClient
@@ -119,7 +120,8 @@ class Component:
         self._files: FileClient | None = None
         # Messages for the worker stay unacknowledged until handled (manual-ack clients).
         self._ack: Any = "manual" if mqtt.manual_ack else "auto"
-        self._inbox = Inbox(mqtt, self.log, context.instance_dir)
+        self._inbox = Inbox(mqtt, self.log, context.instance_dir, on_stuck=self._stuck)
+        self._failure = ""  # why the instance must exit non-zero (set by the worker)
         self._user_subs: list[tuple[str, Callable[[Message], None]]] = []
         self._values: dict[str, Any] = {}
         self._stats_lock = threading.Lock()
@@ -245,13 +247,18 @@ class Component:
         # code (`on_command`) and take effect in order with the messages around them.
         for scope in ("global", "local"):
             self._mqtt.subscribe(topics.decisions(c.site, c.app, scope),
-                                 lambda d, s=scope: self._on_decisions(s, d))
+                                 partial(self._on_decisions, scope))
         self._mqtt.subscribe(topics.commands(c.site, c.app),
                              lambda d: self._inbox.put(d, self._handle_command), ack=self._ack)
 
     def _start_inbox(self) -> None:
         """Start delivering queued and new messages to the handlers."""
         self._inbox.start()
+
+    def _stuck(self, reason: str) -> None:
+        """The worker cannot go on (see `inbox.Inbox`): stop, and exit non-zero."""
+        self._failure = reason
+        self.stop()
 
     def _finish_inbox(self) -> None:
         """After `stop`: wait until the worker handled its last message (before teardown)."""
@@ -270,6 +277,8 @@ class Component:
         try:
             self.on_message(msg)
             self._msg_count.inc()
+        except BackpressureError:
+            raise  # not handled: the inbox keeps it unacknowledged and stops
         except Exception:
             # A bad message must not take the instance down: log, count, go on.
             self._msg_errors.inc()
@@ -288,6 +297,8 @@ class Component:
                 continue
             try:
                 handler(msg)
+            except BackpressureError:
+                raise
             except Exception:
                 self._msg_errors.inc()
                 self.log.exception("subscribe handler failed", topic=d.topic,
@@ -313,6 +324,8 @@ class Component:
         except ValueError as exc:
             self.log.warning("controller command rejected", op=cmd.op, sender=d.src,
                              reason=str(exc))
+        except BackpressureError:
+            raise
         except Exception:
             self.log.exception("controller command failed", op=cmd.op, sender=d.src)
 
@@ -348,7 +361,7 @@ class Component:
             self._filters.pop(target, None)
             return
         counter = iter(range(1 << 62))
-        n = int(every)  # type: ignore[arg-type]
+        n = int(every)
         self._filters[target] = lambda _payload: next(counter) % n == 0
 
     def _make_report(self, interval_s: float) -> Report:

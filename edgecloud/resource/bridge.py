@@ -50,6 +50,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,7 @@ class Bridge:
         pubs = {side: OwnerResendClient(url, f"ecbridge-{self.site}-{side}-pub", src=src,
                                         keepalive=keepalive, max_inflight=WINDOW, dedup=False,
                                         on_delivered=self._on_delivered,
-                                        on_reconnect=lambda d=d: self._on_reconnect(d))
+                                        on_reconnect=partial(self._on_reconnect, d))
                 for side, url, d in (("edge", urls["edge"], "down"),
                                      ("cloud", urls["cloud"], "up"))}
         self.edge, self.cloud = subs["edge"], subs["cloud"]
@@ -225,7 +226,8 @@ class Bridge:
                      rows=self.outbox.last_seq[d] - self._handed[d])
 
     def _take_batch(self) -> list[tuple[str, Delivery]]:
-        ingress, batch = self._ingress, []
+        ingress = self._ingress
+        batch: list[tuple[str, Delivery]] = []
         while ingress and len(batch) < BATCH_MAX:
             batch.append(ingress.popleft())
         return batch
@@ -321,9 +323,9 @@ class Bridge:
     def _shutdown(self) -> None:
         # Give in-flight publishes a moment so the marks advance; what is still
         # unacknowledged is resent at the next start.
-        for client in (self.target["up"], self.target["down"]):
-            if client.connected:
-                client.flush(2.0)
+        for target in (self.target["up"], self.target["down"]):
+            if target.connected:
+                target.flush(2.0)
         self._take_acks()
         self._commit_and_forward([])
         self._log_progress()

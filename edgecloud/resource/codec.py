@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import count
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
@@ -57,7 +57,7 @@ def encode(body: Any, *, src: str = "", msg_id: str | None = None) -> bytes:
     env = {MAGIC_KEY: VERSION, "id": msg_id or new_id(), "ts": time.time(), "src": src,
            "body": body}
     try:
-        return msgpack.packb(env, use_bin_type=True)
+        return cast(bytes, msgpack.packb(env, use_bin_type=True))
     except (TypeError, ValueError, OverflowError) as exc:
         raise PayloadError(f"cannot encode message body of type {type(body).__name__}: {exc} "
                            "(use dicts, lists, str, bytes, numbers, bool, None)") from None

@@ -427,7 +427,7 @@ class BaseClient:
                 self._acks.done(ticket)  # nobody else will acknowledge it
             return
         msg.ticket = ticket
-        handlers, manual = self._route(topic)  # type: ignore[arg-type]
+        handlers, manual = self._route(topic)
         if not handlers:
             # E.g. a persistent session's backlog arriving before the owner subscribed
             # again: subscribe before connecting to receive it.

@@ -21,8 +21,11 @@ class Recorder(Component):
         self.subscribe("slow", self.on_slow)
 
     def on_message(self, msg: Message) -> None:
-        if self.delay:
-            time.sleep(self.delay)
+        delay = float(msg.payload.get("delay", self.delay))
+        if delay:
+            time.sleep(delay)
+        for k in range(int(msg.payload.get("fanout", 0))):  # output before the record
+            self.publish("fan", k)
         os.write(self.fd, f"{msg.payload['i']}\n".encode())
 
     def on_slow(self, msg: Message) -> None:
