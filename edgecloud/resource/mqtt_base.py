@@ -115,7 +115,7 @@ class BaseClient:
         self._paho.reconnect_delay_set(min_delay=0.1, max_delay=5)  # type: ignore[arg-type]
         self._paho.on_connect = self._on_connect
         self._paho.after_connack = self._after_connack
-        self._paho.before_reconnect = self._before_reconnect
+        self._paho.before_reconnect = self._reconnecting
         self._paho.on_disconnect = self._on_disconnect
         self._paho.on_message = self._on_message
         self._paho.on_publish = self._on_publish
@@ -239,8 +239,14 @@ class BaseClient:
     def _after_connack(self) -> None:
         """paho has handled a CONNACK: it sent on_connect, then its retransmissions."""
 
+    def _reconnecting(self) -> None:
+        # Before every (re)connection attempt. Tickets are voided on_disconnect already;
+        # again here in case a connection ended without that callback.
+        self._acks.reset()
+        self._before_reconnect()
+
     def _before_reconnect(self) -> None:
-        """Runs before every (re)connection attempt."""
+        """Runs before every (re)connection attempt (subclasses)."""
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
