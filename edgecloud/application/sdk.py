@@ -38,6 +38,7 @@ from edgecloud.application.policy import Policy, Report, parse_decisions
 from edgecloud.errors import UserError
 from edgecloud.log import KVLogger, get_logger
 from edgecloud.resource.mqtt import BackpressureError, BaseClient, Delivery, topic_matches
+from edgecloud.resource.mqtt_base import AckMode
 
 if TYPE_CHECKING:
     from edgecloud.resource.files import FileClient
@@ -119,7 +120,7 @@ class Component:
         self._mqtt = mqtt
         self._files: FileClient | None = None
         # Messages for the worker stay unacknowledged until handled (manual-ack clients).
-        self._ack: Any = "manual" if mqtt.manual_ack else "auto"
+        self._ack: AckMode = "manual" if mqtt.manual_ack else "auto"
         self._inbox = Inbox(mqtt, self.log, context.instance_dir, on_stuck=self._stuck)
         self._failure = ""  # why the instance must exit non-zero (set by the worker)
         self._user_subs: list[tuple[str, Callable[[Message], None]]] = []
