@@ -23,8 +23,10 @@ import pytest
 
 from edgecloud.application import topics
 from edgecloud.application.context import InstanceContext, Peer
+from edgecloud.application.inbox import HandledJournal
 from edgecloud.procutil import free_port, wait_port
 from edgecloud.resource.broker import BrokerConfig, mosquitto_conf, mosquitto_path
+from edgecloud.resource.codec import RecentIds
 from edgecloud.resource.mqtt import BackpressureError, MqttClient
 from edgecloud.service import Endpoint
 from tests.apps.delivery_app import Recorder
@@ -131,6 +133,18 @@ def handled(out: Path) -> list[str]:
 
 def numbers(out: Path) -> list[int]:
     return [int(x) for x in handled(out) if x.isdigit()]
+
+
+def test_handled_ids_journal_is_bounded_and_reloads_the_newest(tmp_path: Path) -> None:
+    path = tmp_path / "handled-ids"
+    journal = HandledJournal(path, capacity=3)
+    recent = RecentIds(3, journal.load())
+    for i in range(10):
+        recent.add(f"id-{i}")
+        journal.append(f"id-{i}", recent)
+    journal.close()
+    assert len(path.read_text().splitlines()) < 6  # compacted, not growing forever
+    assert HandledJournal(path, capacity=3).load() == ["id-7", "id-8", "id-9"]
 
 
 def test_kill_9_mid_stream_then_restart_loses_nothing(mosq: Mosquitto, tmp_path: Path) -> None:
