@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from edgecloud.procutil import free_port, spawn_service, stop_process, wait_port
-from edgecloud.resource.bridge import BridgeConfig, route
+from edgecloud.resource.bridge import Bridge, BridgeConfig, route
 from edgecloud.resource.broker import BrokerConfig, mosquitto_path
-from edgecloud.resource.mqtt import Message, MqttClient
+from edgecloud.resource.mqtt import Delivery, MqttClient
 from edgecloud.resource.wan import LinkClient, LinkSettings, Route, WanConfig
 from edgecloud.service import Endpoint
 from tests.support import collector, eventually
@@ -60,10 +61,10 @@ def broker(tmp: Path, site: str, kind: str = "amqtt") -> Proc:
     return Proc(tmp, f"broker-{site}", "edgecloud.resource.broker", cfg, port)
 
 
-def bridge(tmp: Path, site: str, local: Proc, cloud: Proc) -> Proc:
+def bridge(tmp: Path, site: str, local: Proc, cloud: Proc, remote: list[str]) -> Proc:
     cfg = BridgeConfig(site=site, local=local.config.listen,  # type: ignore[union-attr]
                        cloud=cloud.config.listen,  # type: ignore[union-attr]
-                       data_dir=tmp / site / "bridge", keepalive_s=2)
+                       data_dir=tmp / site / "bridge", keepalive_s=2, remote_sites=remote)
     return Proc(tmp, f"bridge-{site}", "edgecloud.resource.bridge", cfg)
 
 
@@ -72,7 +73,8 @@ class Topology:
                  ) -> None:
         self.brokers = {"cloud": broker(tmp, "cloud", kind)}
         self.brokers.update({e: broker(tmp, e, kind) for e in edges})
-        self.bridges = {e: bridge(tmp, e, self.brokers[e], self.brokers["cloud"]) for e in edges}
+        self.bridges = {e: bridge(tmp, e, self.brokers[e], self.brokers["cloud"],
+                                  [s for s in self.brokers if s != e]) for e in edges}
         self.clients: list[MqttClient] = []
 
     def start(self) -> Topology:
@@ -177,7 +179,39 @@ def test_local_topics_stay_local(topo: Topology) -> None:
     assert not any(m.topic in ("local/sensor", "sites/ec-1/own") for m in at_ec2[0])
 
 
-def check_all_in_order(got: list[Message], n: int, topics: int) -> None:
+def test_bridge_takes_only_cross_site_traffic(tmp_path: Path) -> None:
+    """The bridge subscribes on its edge broker to `sites/<other site>/#` only: this site's
+    own traffic never enters its session (the old `sites/+/#` took all of it in)."""
+    topo = Topology(tmp_path, edges=())
+    topo.brokers["ec-1"] = broker(tmp_path, "ec-1")
+    topo.start()
+    cfg = BridgeConfig(site="ec-1", local=topo.brokers["ec-1"].config.listen,  # type: ignore[union-attr]
+                       cloud=topo.brokers["cloud"].config.listen,  # type: ignore[union-attr]
+                       data_dir=tmp_path / "bridge", keepalive_s=2,
+                       remote_sites=["cloud", "ec-2"])
+    br = Bridge(cfg)
+    stop = threading.Event()
+    runner = threading.Thread(target=br.run, args=(stop,))
+    try:
+        runner.start()
+        at_cloud = collector()
+        topo.client("cloud").subscribe("sites/cloud/#", at_cloud[1], wait=10)
+        assert br.edge.wait_connected(10) and br.edge.wait_subscribed("sites/cloud/#", 10)
+        edge = topo.client("ec-1")
+        for i in range(200):
+            edge.publish(f"sites/ec-1/apps/a/x-{i % 4}/in", {"i": i, "pad": b"p" * 500})
+        edge.publish("sites/cloud/marker", 1)
+        assert edge.flush(10)
+        assert eventually(lambda: any(m.topic == "sites/cloud/marker" for m in at_cloud[0]), 20)
+        assert br.edge.stats["received"] == 1, br.edge.stats  # the marker only
+        assert br.stats["up_in"] == 1 and br.stats["local_dropped"] == 0
+    finally:
+        stop.set()
+        runner.join(10)
+        topo.stop()
+
+
+def check_all_in_order(got: list[Delivery], n: int, topics: int) -> None:
     per_topic: dict[str, list[int]] = {}
     for m in got:
         per_topic.setdefault(m.topic, []).append(m.body["i"])

@@ -13,8 +13,15 @@ import pytest
 from edgecloud.errors import UserError
 from edgecloud.procutil import free_port, spawn_service, stop_process, wait_port
 from edgecloud.resource.broker import BrokerConfig, mosquitto_path
-from edgecloud.resource.codec import PayloadError, decode, encode, encode_json
-from edgecloud.resource.mqtt import Message, MqttClient
+from edgecloud.resource.codec import (
+    PayloadError,
+    RecentIds,
+    decode,
+    encode,
+    encode_json,
+    peek_id,
+)
+from edgecloud.resource.mqtt import Delivery, MqttClient, OwnerResendClient
 from edgecloud.service import Endpoint
 from tests.support import collector, eventually
 
@@ -60,6 +67,33 @@ def test_codec_foreign_payloads() -> None:
 def test_codec_malformed_raises(garbage: bytes) -> None:
     with pytest.raises(PayloadError, match="envelope"):
         decode(garbage)
+
+
+def test_peek_id_reads_the_id_without_unpacking_the_body() -> None:
+    env = encode({"big": b"x" * 100_000}, msg_id="abc-1")
+    assert peek_id(env) == "abc-1"
+    # A body that is not valid msgpack at all (0xc1 is never used) still yields the id:
+    # the body is never unpacked. decode(), which does unpack it, fails on it.
+    broken = env[:len(env) - 100_005] + b"\xc1" * 40
+    assert peek_id(broken) == "abc-1"
+    with pytest.raises(PayloadError):
+        decode(broken)
+    # Any key order (other envelope writers), the id before the magic key included.
+    assert peek_id(msgpack.packb({"body": [1, 2], "id": "k", "_ec": 1})) == "k"
+    assert peek_id(msgpack.packb({"id": "k", "body": b"\xc1", "_ec": 1})) == "k"
+    # Not an envelope: no id.
+    for other in (msgpack.packb({"id": "k"}), msgpack.packb({"_ec": 2, "id": "k"}),
+                  msgpack.packb({"_ec": 1, "id": 7}), b'{"id": "k"}', b"", b"\x85\xa3_e",
+                  encode(1)[:6]):
+        assert peek_id(other) == ""
+
+
+def test_recent_ids_is_a_bounded_lru() -> None:
+    ids = RecentIds(3, ["a", "b"])
+    assert ids.check_and_add("a")          # seen; now the most recent
+    assert not ids.check_and_add("c")
+    assert not ids.check_and_add("d")      # evicts the least recent: "b"
+    assert "b" not in ids and list(ids) == ["a", "c", "d"] and len(ids) == 3
 
 
 def test_codec_rejects_unencodable_body() -> None:
@@ -125,17 +159,11 @@ def clients(broker: BrokerProc) -> Iterator[Callable[..., MqttClient]]:
 
 
 
-def subscribed(c: MqttClient) -> None:
-    """Give the SUBSCRIBE a round trip (no SUBACK wait in the API: subscribe is async)."""
-    time.sleep(0.2)
-
-
 # -- MqttClient ----------------------------------------------------------------------------
 def test_publish_subscribe(clients: Callable[..., MqttClient]) -> None:
     sub, pub = clients(), clients(src="pub-1")
     got, h = collector()
-    sub.subscribe("t/ps", h)
-    subscribed(sub)
+    sub.subscribe("t/ps", h, wait=10)
     for i in range(200):
         assert pub.publish("t/ps", {"i": i, "blob": b"\x00" * 100})
     assert pub.flush(10)
@@ -149,10 +177,9 @@ def test_publish_subscribe(clients: Callable[..., MqttClient]) -> None:
 def test_wildcard_handlers(clients: Callable[..., MqttClient]) -> None:
     c = clients()
     plus, hash_, exact = collector(), collector(), collector()
-    c.subscribe("w/+/temp", plus[1])
-    c.subscribe("w/#", hash_[1])
-    c.subscribe("w/a/temp", exact[1])
-    subscribed(c)
+    c.subscribe("w/+/temp", plus[1], wait=10)
+    c.subscribe("w/#", hash_[1], wait=10)
+    c.subscribe("w/a/temp", exact[1], wait=10)
     c.publish("w/a/temp", 1)
     c.publish("w/b/temp", 2)
     c.publish("w/b/hum", 3)
@@ -175,13 +202,12 @@ def test_malformed_and_failing_handlers_are_not_fatal(clients: Callable[..., Mqt
     sub, pub = clients(), clients()
     got, h = collector()
 
-    def boom(m: Message) -> None:
+    def boom(m: Delivery) -> None:
         if m.body == "explode":
             raise RuntimeError("handler bug")
 
     sub.subscribe("m/#", h)
-    sub.subscribe("m/#", boom)
-    subscribed(sub)
+    sub.subscribe("m/#", boom, wait=10)
     pub.publish_raw("m/x", encode({"k": "v" * 40})[:-4])  # broken envelope
     pub.publish("m/x", "explode")
     pub.publish_raw("m/x", b'{"plain": "json"}')
@@ -195,8 +221,7 @@ def test_malformed_and_failing_handlers_are_not_fatal(clients: Callable[..., Mqt
 def test_duplicate_ids_dropped(clients: Callable[..., MqttClient]) -> None:
     sub, pub = clients(), clients()
     got, h = collector()
-    sub.subscribe("d/x", h)
-    subscribed(sub)
+    sub.subscribe("d/x", h, wait=10)
     data = encode({"once": True})
     for _ in range(3):
         pub.publish_raw("d/x", data)
@@ -232,15 +257,14 @@ def test_reconnect_after_broker_restart_resubscribes(tmp_path: Path) -> None:
         sub = MqttClient(b.url).connect()
         pub = MqttClient(b.url).connect()
         got, h = collector()
-        sub.subscribe("r/#", h)
-        subscribed(sub)
+        sub.subscribe("r/#", h, wait=10)
         pub.publish("r/1", "before")
         assert eventually(lambda: len(got) == 1)
         b.stop()
         assert eventually(lambda: not sub.connected, 5)
         b.start()
         assert sub.wait_connected(10) and pub.wait_connected(10)
-        time.sleep(0.3)  # the re-SUBSCRIBE is sent on connect; let it land
+        assert sub.wait_subscribed("r/#", 10)  # the re-SUBSCRIBE sent on connect landed
         pub.publish("r/2", "after")
         assert pub.flush(10)
         assert eventually(lambda: len(got) == 2)
@@ -273,7 +297,7 @@ def test_retransmit_false_leaves_resending_to_the_owner(tmp_path: Path) -> None:
     b = BrokerProc(tmp_path, "amqtt", "owner").start()
     reconnects: list[float] = []
     delivered: list[int] = []
-    pub = MqttClient(b.url, "owner-pub", retransmit=False,
+    pub = OwnerResendClient(b.url, "owner-pub",
                      on_reconnect=lambda: reconnects.append(time.monotonic()),
                      on_delivered=delivered.append)
     try:
@@ -295,8 +319,7 @@ def test_retransmit_false_leaves_resending_to_the_owner(tmp_path: Path) -> None:
         b.start()
         sub = MqttClient(b.url).connect()
         got, h = collector()
-        sub.subscribe("o/#", h)
-        subscribed(sub)
+        sub.subscribe("o/#", h, wait=10)
         assert eventually(lambda: len(reconnects) == 2, 15)
         time.sleep(0.5)
         assert got == [] and pub.publish_raw("o/x", encode(-3)) is False  # not resumed yet

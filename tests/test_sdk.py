@@ -15,6 +15,7 @@ from edgecloud.procutil import free_port, spawn_service, stop_process, wait_port
 from edgecloud.resource.broker import BrokerConfig
 from edgecloud.resource.runtime import InstanceSpec, ProcessRuntime
 from edgecloud.service import Endpoint
+from tests.support import wait_for
 
 APPS = Path(__file__).parent / "apps"
 
@@ -69,7 +70,10 @@ def test_relay_app_end_to_end(tmp_path: Path, broker: str, setup_delay: float) -
     rt = ProcessRuntime(tmp_path / "node", python=sys.executable)
     try:
         rt.apply([spec("sink"), spec("relay")])
-        time.sleep(2.0)  # receivers subscribe before the source starts sending
+
+        def receivers_subscribed() -> bool:  # Running = the runner touched its ready file
+            return sorted(s.state for s in rt.statuses()) == ["Running", "Running"]
+        wait_for(receivers_subscribed, 30, "the receivers to subscribe")
         rt.apply([spec("sink"), spec("relay"), spec("source")])
         data = wait_json(out, lambda d: len(d["seen"]) == 50, timeout=20 + setup_delay)
         assert data["seen"] == [i for i in range(50) if i != 3] + ["raw"]  # in order

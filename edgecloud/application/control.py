@@ -16,9 +16,10 @@ from collections import defaultdict
 from typing import Any
 
 from edgecloud.application import topics
-from edgecloud.application.policy import Report
+from edgecloud.application.messages import ControllerCommand
+from edgecloud.application.policy import Report, parse_decisions
 from edgecloud.application.sdk import Component
-from edgecloud.resource.mqtt import Message as WireMessage
+from edgecloud.resource.mqtt import Delivery
 
 
 class InAppController(Component):
@@ -29,6 +30,8 @@ class InAppController(Component):
         self.is_global = ctx.site == ctx.cloud_site
         self.interval = ctx.controller.report_interval_s if ctx.controller else 1.0
         self.latest: dict[str, Report] = {}
+        # Reports and the global decisions are data, handled at once on the network thread
+        # (acknowledged when the handler returns): a slow worker never delays control.
         self._mqtt.subscribe(topics.reports(self.site, self.app), self._on_report_msg)
         if not self.is_global:
             self._mqtt.subscribe(topics.decisions(self.site, self.app, "global"),
@@ -45,7 +48,7 @@ class InAppController(Component):
         """Every report reaches the policy; override to add application logic."""
         self.policy.policy.on_report(report)
 
-    def _on_report_msg(self, m: WireMessage) -> None:
+    def _on_report_msg(self, m: Delivery) -> None:
         try:
             report = Report.model_validate(m.body)
         except ValueError:
@@ -54,10 +57,14 @@ class InAppController(Component):
         self.latest[report.instance] = report
         self.on_report(report)
 
-    def _on_global_msg(self, m: WireMessage) -> None:
-        if isinstance(m.body, dict):
-            self.policy.policy.on_global(m.body)
-            self.policy.update("global", m.body)
+    def _on_global_msg(self, m: Delivery) -> None:
+        try:
+            decisions = parse_decisions(m.body)
+        except ValueError as exc:
+            self.log.warning("malformed global decisions ignored", sender=m.src, reason=str(exc))
+            return
+        self.policy.policy.on_global(decisions)
+        self.policy.update("global", decisions)
 
     # -- operations ------------------------------------------------------------------
     def _sites(self) -> list[str]:
@@ -66,9 +73,9 @@ class InAppController(Component):
         return sorted({p.site for p in self.context.members})
 
     def _command(self, op: str, component: str = "*", **args: Any) -> None:
+        command = ControllerCommand(op=op, component=component, args=args)
         for site in self._sites():
-            self._mqtt.publish(topics.commands(site, self.app),
-                               {"op": op, "component": component, "args": args})
+            self._mqtt.publish(topics.commands(site, self.app), command.model_dump(mode="json"))
 
     def start(self, component: str = "*") -> None:
         """Tell components waiting for a start signal (`self.started`) to begin."""

@@ -40,6 +40,17 @@ class Report(BaseModel):
     """Custom values from `Component.report(...)`."""
 
 
+def parse_decisions(body: Any) -> dict[str, Any]:
+    """A decisions payload (`topics.decisions`): a map of decision names to values.
+
+    Parsed once by each receiver; ValueError (saying what came instead) otherwise.
+    """
+    if not isinstance(body, dict) or not all(isinstance(k, str) for k in body):
+        kind = type(body).__name__ if not isinstance(body, dict) else "map with non-text keys"
+        raise ValueError(f"decisions must be a map of names to values, got a {kind}")
+    return dict(body)
+
+
 class Policy:
     """Base policy: no decisions, default routing. Subclass `BasicPolicy` in applications."""
 

@@ -3,7 +3,9 @@
 Reads the instance context (EDGECLOUD_CONTEXT), imports the component class, connects to
 the site broker, runs `setup`, then `run` on the main thread while messages are handled
 on a worker thread, reports to the in-app controller and writes metrics for the agent.
-SIGTERM stops it cleanly: `teardown`, flush pending messages, exit 0.
+SIGTERM stops it cleanly: no new messages are taken, the worker finishes the current one
+and drains the queue for a few seconds (what is left stays with the broker, unacknowledged,
+for the next start), then `teardown`, then the publishes are flushed, exit 0.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from edgecloud.application.context import InstanceContext
 from edgecloud.application.sdk import Component, load_class
 from edgecloud.errors import UserError
 from edgecloud.log import get_logger, setup_logging
-from edgecloud.resource.mqtt import MqttClient
+from edgecloud.resource.mqtt import BackpressureError, MqttClient
 
 log = get_logger("runner")
 METRICS_EVERY_S = 2.0
@@ -38,12 +40,29 @@ def _background(comp: Component, ctx: InstanceContext) -> None:
     report_topic = topics.reports(ctx.controller_site, ctx.app)
     while comp.sleep(interval):
         if ctx.controller is not None and ctx.role == "component":
-            comp._mqtt.publish(report_topic, comp._make_report(interval).model_dump(mode="json"))
+            report = comp._make_report(interval).model_dump(mode="json")
+            try:
+                comp._mqtt.publish(report_topic, report)
+            except BackpressureError as exc:
+                log.warning("controller report dropped", error=str(exc))
         if metrics_file is not None:
             try:
                 comp.metrics.write(metrics_file)
             except OSError as exc:
                 log.warning("cannot write metrics", error=str(exc))
+
+
+def instance_client(ctx: InstanceContext, **kwargs: object) -> MqttClient:
+    """The MQTT client of an instance: a persistent session with manual acknowledgements.
+
+    The stable client id keeps the session across restarts: while the instance is away
+    (restarting, crashed), the broker keeps what is sent to it, and redelivers what it
+    had received but not acknowledged (the inbox acknowledges only handled messages).
+    Duplicates are dropped by the inbox, not at receipt (`edgecloud.application.inbox`).
+    """
+    return MqttClient(ctx.broker_url, client_id=f"{ctx.app}.{ctx.instance}",
+                      src=ctx.instance, clean_session=False, manual_ack=True, dedup=False,
+                      **kwargs)  # type: ignore[arg-type]
 
 
 def main() -> int:
@@ -54,18 +73,18 @@ def main() -> int:
         cls = load_class(ctx.entry)
         if not issubclass(cls, Component):
             raise UserError(f"entry {ctx.entry!r} is not a subclass of edgecloud.Component")
-        # A persistent session: while this instance restarts, the broker keeps what is
-        # sent to its inbox (the platform starts senders only once receivers ran once).
-        mqtt = MqttClient(ctx.broker_url, client_id=f"{ctx.app}.{ctx.instance}",
-                          src=ctx.instance, clean_session=False)
-        mqtt.connect(timeout=30)
+        # The platform starts senders only once receivers ran once (their session exists).
+        mqtt = instance_client(ctx)
         comp = cls(ctx, mqtt)
+        # Subscribed before connecting: the session's backlog (messages not acknowledged
+        # by the previous run) arrives right after the CONNACK and must find its handlers.
+        comp._attach()
+        mqtt.connect(timeout=30)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, lambda *_: comp.stop())
     signal.signal(signal.SIGINT, lambda *_: comp.stop())
-    comp._attach()
     log.info("instance up", app=ctx.app, instance=ctx.instance, site=ctx.site, node=ctx.node)
     code = 0
     try:
@@ -87,6 +106,10 @@ def main() -> int:
         code = 1
     finally:
         comp.stop()
+        comp._finish_inbox()  # the last on_message returned: teardown cannot race it
+        if comp._failure:  # a message could not be handled; the restart redelivers it
+            print(f"error: {comp._failure}", file=sys.stderr, flush=True)
+            code = 1
         try:
             comp.teardown()
         except Exception:

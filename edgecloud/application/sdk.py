@@ -7,29 +7,38 @@
             self.send("sink", msg.payload)
 
 A component is instantiated by the runner inside the process the agent starts for each
-instance. It talks only to its site's broker and file server. Messages arrive on one
-worker thread in order (so `on_message` needs no locks of its own); `run()` runs on the
-main thread for sources and may loop until `self.stopped` is set.
+instance. It talks only to its site's broker and file server. Messages (`on_message`,
+`subscribe` handlers, controller commands) arrive on one worker thread in order (so
+handlers need no locks of their own; a slow handler delays the messages behind it, never
+the connection); `run()` runs on the main thread for sources and may loop until
+`self.stopped` is set. Delivery is at least once, duplicates dropped by envelope id: a
+message is acknowledged to the broker only after its handler returned
+(`edgecloud.application.inbox`). A handler must not wait for a later message (it would
+wait behind itself).
 """
 
 from __future__ import annotations
 
 import importlib
-import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
 
 from edgecloud.application import topics
 from edgecloud.application.context import InstanceContext, Peer
+from edgecloud.application.inbox import DRAIN_S, Inbox
+from edgecloud.application.messages import ControllerCommand
 from edgecloud.application.metrics import Metrics
-from edgecloud.application.policy import Policy, Report
+from edgecloud.application.policy import Policy, Report, parse_decisions
 from edgecloud.errors import UserError
 from edgecloud.log import KVLogger, get_logger
-from edgecloud.resource.mqtt import Message as WireMessage
-from edgecloud.resource.mqtt import MqttClient
+from edgecloud.resource.mqtt import BackpressureError, BaseClient, Delivery, topic_matches
+from edgecloud.resource.mqtt_base import AckMode
 
 if TYPE_CHECKING:
     from edgecloud.resource.files import FileClient
@@ -96,7 +105,7 @@ class PolicyHandle:
 class Component:
     """Base class of every component. Override `setup`, `run`, `on_message`, `teardown`."""
 
-    def __init__(self, context: InstanceContext, mqtt: MqttClient) -> None:
+    def __init__(self, context: InstanceContext, mqtt: BaseClient) -> None:
         self.context = context
         self.name = context.instance
         self.component = context.component
@@ -110,7 +119,11 @@ class Component:
         self.started = threading.Event()
         self._mqtt = mqtt
         self._files: FileClient | None = None
-        self._inbox: queue.Queue[Message | None] = queue.Queue()
+        # Messages for the worker stay unacknowledged until handled (manual-ack clients).
+        self._ack: AckMode = "manual" if mqtt.manual_ack else "auto"
+        self._inbox = Inbox(mqtt, self.log, context.instance_dir, on_stuck=self._stuck)
+        self._failure = ""  # why the instance must exit non-zero (set by the worker)
+        self._user_subs: list[tuple[str, Callable[[Message], None]]] = []
         self._values: dict[str, Any] = {}
         self._stats_lock = threading.Lock()
         self._processed = 0
@@ -160,6 +173,9 @@ class Component:
 
         The policy chooses the instance (same site first; by `key` or round-robin). The
         message goes on the local broker; the bridge carries it across sites if needed.
+        If the broker stops acknowledging, this blocks a few seconds, then raises
+        `edgecloud.resource.mqtt.BackpressureError` (a UserError): nothing is dropped
+        silently.
         """
         peers = self.context.peers.get(component)
         if not peers:
@@ -171,7 +187,7 @@ class Component:
         if flt is not None and not flt(payload):
             return ""
         peer = self.policy.policy.route(component, peers, self.policy.decisions, key)
-        self._mqtt.publish(topics.inbox(peer.site, self.app, peer.instance), payload)
+        self._publish(topics.inbox(peer.site, self.app, peer.instance), payload)
         return peer.instance
 
     def send_to(self, instance: str, payload: Any) -> None:
@@ -179,16 +195,28 @@ class Component:
         peer = self._members.get(instance)
         if peer is None:
             raise UserError(f"no instance {instance!r} in application {self.app!r}")
-        self._mqtt.publish(topics.inbox(peer.site, self.app, peer.instance), payload)
+        self._publish(topics.inbox(peer.site, self.app, peer.instance), payload)
 
     def publish(self, name: str, payload: Any, *, site: str | None = None) -> None:
         """Publish on an application topic at `site` (default: this site)."""
-        self._mqtt.publish(topics.user_topic(site or self.site, self.app, name), payload)
+        self._publish(topics.user_topic(site or self.site, self.app, name), payload)
 
-    def subscribe(self, name: str, handler: Callable[[Message], None]) -> None:
-        """Receive an application topic published at this site (MQTT wildcards allowed)."""
-        self._mqtt.subscribe(topics.user_topic(self.site, self.app, name),
-                             lambda m: handler(self._to_message(m)))
+    def subscribe(self, name: str, handler: Callable[[Message], None], *,
+                  wait: float | None = None) -> bool:
+        """Receive an application topic published at this site (MQTT wildcards allowed).
+
+        `handler` runs on the worker thread, in order with `on_message` (from the end of
+        `setup` on), and the message is acknowledged after it returns. wait: block up to
+        `wait` s until the broker confirmed the subscription (False if it did not).
+        """
+        topic = topics.user_topic(self.site, self.app, name)
+        self._user_subs.append((topic, handler))
+        return self._mqtt.subscribe(topic, self._on_user_delivery, ack=self._ack, wait=wait)
+
+    def _publish(self, topic: str, payload: Any) -> None:
+        if not self._mqtt.publish(topic, payload):
+            raise UserError(f"{self.name}: the MQTT client refused a message for {topic!r} "
+                            f"(broker {self._mqtt.url} not connected)")
 
     def report(self, **values: Any) -> None:
         """Add custom values to the next report to the in-app controller."""
@@ -200,9 +228,12 @@ class Component:
         return not self.stopped.wait(seconds)
 
     def stop(self) -> None:
-        """Ask this instance to shut down (as a controller `terminate` does)."""
+        """Ask this instance to shut down (as a controller `terminate` does).
+
+        New messages are no longer taken (the broker keeps them for the next start); what
+        is queued is still handled for a few seconds. Never blocks."""
         self.stopped.set()
-        self._inbox.put(None)
+        self._inbox.stop(DRAIN_S)
 
     # -- runner plumbing --------------------------------------------------------------------
     def _attach(self) -> None:
@@ -210,52 +241,97 @@ class Component:
         :meth:`_start_inbox` (after `setup`), so `on_message` never sees a half-set-up
         component and nothing sent meanwhile is lost."""
         c = self.context
-        self._mqtt.subscribe(topics.inbox(c.site, c.app, c.instance), self._enqueue)
+        self._mqtt.subscribe(topics.inbox(c.site, c.app, c.instance),
+                             lambda d: self._inbox.put(d, self._handle_inbox), ack=self._ack)
+        # Decisions are data for the policy, applied at once on the network thread (and
+        # acknowledged there, in order). Commands go through the worker: they run author
+        # code (`on_command`) and take effect in order with the messages around them.
         for scope in ("global", "local"):
             self._mqtt.subscribe(topics.decisions(c.site, c.app, scope),
-                                 lambda m, s=scope: self._on_decisions(s, m))
-        self._mqtt.subscribe(topics.commands(c.site, c.app), self._on_command_msg)
+                                 partial(self._on_decisions, scope))
+        self._mqtt.subscribe(topics.commands(c.site, c.app),
+                             lambda d: self._inbox.put(d, self._handle_command), ack=self._ack)
 
     def _start_inbox(self) -> None:
-        """Start delivering queued and new inbox messages to `on_message`."""
-        threading.Thread(target=self._work, name="inbox", daemon=True).start()
+        """Start delivering queued and new messages to the handlers."""
+        self._inbox.start()
 
-    def _to_message(self, m: WireMessage) -> Message:
+    def _stuck(self, reason: str) -> None:
+        """The worker cannot go on (see `inbox.Inbox`): stop, and exit non-zero."""
+        self._failure = reason
+        self.stop()
+
+    def _finish_inbox(self) -> None:
+        """After `stop`: wait until the worker handled its last message (before teardown)."""
+        self._inbox.join()
+
+    def _to_message(self, m: Delivery, received_at: float | None = None) -> Message:
         peer = self._members.get(m.src)
         comp = peer.component if peer else m.src.rsplit("-", 1)[0]
         return Message(payload=m.body, sender=m.src, sender_component=comp, topic=m.topic,
-                       sent_at=m.ts, id=m.id, received_at=time.time())
+                       sent_at=m.ts, id=m.id,
+                       received_at=time.time() if received_at is None else received_at)
 
-    def _enqueue(self, m: WireMessage) -> None:
-        self._inbox.put(self._to_message(m))
+    def _handle_inbox(self, d: Delivery, received_at: float) -> None:
+        msg = self._to_message(d, received_at)
+        t0 = time.perf_counter()
+        try:
+            self.on_message(msg)
+            self._msg_count.inc()
+        except BackpressureError:
+            raise  # not handled: the inbox keeps it unacknowledged and stops
+        except Exception:
+            # A bad message must not take the instance down: log, count, go on.
+            self._msg_errors.inc()
+            self.log.exception("on_message failed", sender=msg.sender, topic=msg.topic)
+        with self._stats_lock:
+            self._processed += 1
+            self._busy_s += time.perf_counter() - t0
 
-    def _work(self) -> None:
-        while True:
-            msg = self._inbox.get()
-            if msg is None:
-                return
-            t0 = time.perf_counter()
+    def _on_user_delivery(self, d: Delivery) -> None:
+        self._inbox.put(d, self._handle_user)
+
+    def _handle_user(self, d: Delivery, received_at: float) -> None:
+        msg = self._to_message(d, received_at)
+        for pattern, handler in list(self._user_subs):
+            if not topic_matches(pattern, d.topic):
+                continue
             try:
-                self.on_message(msg)
-                self._msg_count.inc()
+                handler(msg)
+            except BackpressureError:
+                raise
             except Exception:
-                # A bad message must not take the instance down: log, count, go on.
                 self._msg_errors.inc()
-                self.log.exception("on_message failed", sender=msg.sender, topic=msg.topic)
-            with self._stats_lock:
-                self._processed += 1
-                self._busy_s += time.perf_counter() - t0
+                self.log.exception("subscribe handler failed", topic=d.topic,
+                                   handler=getattr(handler, "__qualname__", repr(handler)))
 
-    def _on_decisions(self, scope: str, m: WireMessage) -> None:
-        if isinstance(m.body, dict):
-            self.policy.update(scope, m.body)
+    def _on_decisions(self, scope: str, m: Delivery) -> None:
+        try:
+            self.policy.update(scope, parse_decisions(m.body))
+        except ValueError as exc:
+            self.log.warning("malformed decisions dropped", sender=m.src, reason=str(exc))
 
-    def _on_command_msg(self, m: WireMessage) -> None:
-        body = m.body if isinstance(m.body, dict) else {}
-        target = body.get("component", "*")
-        if target not in ("*", self.component, self.name):
+    def _handle_command(self, d: Delivery, received_at: float) -> None:
+        try:
+            cmd = ControllerCommand.model_validate(d.body)
+        except ValidationError as exc:
+            self.log.warning("malformed controller command dropped", sender=d.src,
+                             reason=_one_line(exc))
             return
-        op, args = str(body.get("op", "")), dict(body.get("args") or {})
+        if cmd.component not in ("*", self.component, self.name):
+            return
+        try:
+            self._apply_command(cmd)
+        except ValueError as exc:
+            self.log.warning("controller command rejected", op=cmd.op, sender=d.src,
+                             reason=str(exc))
+        except BackpressureError:
+            raise
+        except Exception:
+            self.log.exception("controller command failed", op=cmd.op, sender=d.src)
+
+    def _apply_command(self, cmd: ControllerCommand) -> None:
+        op, args = cmd.op, cmd.args
         if op == "start":
             self.started.set()
         elif op == "terminate":
@@ -272,13 +348,22 @@ class Component:
             self.on_command(op, args)
 
     def _set_filter(self, args: dict[str, Any]) -> None:
-        """`filter` op: keep 1 in `every` messages sent to `target` (None clears it)."""
-        target, every = str(args.get("target", "")), args.get("every")
+        """`filter` op: keep 1 in `every` messages sent to `target` (None clears it).
+
+        Validated before anything changes (ValueError: the command is rejected whole)."""
+        target, every = args.get("target"), args.get("every")
+        if not isinstance(target, str) or not target:
+            raise ValueError(f"filter needs a component name as 'target', got {target!r}")
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int)
+                                  or every < 0):
+            raise ValueError(f"filter 'every' must be a whole number >= 0 or null, "
+                             f"got {every!r}")
         if every in (None, 0, 1):
             self._filters.pop(target, None)
             return
         counter = iter(range(1 << 62))
-        self._filters[target] = lambda _payload: next(counter) % int(every) == 0
+        n = int(every)
+        self._filters[target] = lambda _payload: next(counter) % n == 0
 
     def _make_report(self, interval_s: float) -> Report:
         with self._stats_lock:
@@ -292,3 +377,9 @@ class Component:
     def peers(self, component: str) -> list[Peer]:
         """The instances of a connected component (for fan-out or custom routing)."""
         return list(self.context.peers.get(component, []))
+
+
+def _one_line(exc: ValidationError) -> str:
+    """A pydantic error as one line: `field: problem; ...`."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'command'}: {e['msg']}"
+                     for e in exc.errors())

@@ -271,8 +271,10 @@ class Supervisor:
         from edgecloud.resource.bridge import BridgeConfig
 
         s = layout.sites[site]
+        # Only what crosses sites enters the bridge (the cloud and the other edge sites).
+        remote = [other.name for other in self.infra.spec.sites if other.name != site]
         cfg = BridgeConfig(site=site, local=s.broker, cloud=s.routes["mqtt"],
-                           data_dir=self.home.site_dir(site) / "bridge")
+                           data_dir=self.home.site_dir(site) / "bridge", remote_sites=remote)
         return self._service(f"bridge-{site}", "edgecloud.resource.bridge", cfg, None)
 
     def _agent_service(self, layout: Layout, site: str, node: str) -> Service:

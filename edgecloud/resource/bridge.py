@@ -3,7 +3,10 @@
 `python -m edgecloud.resource.bridge CONFIG.json` (a `BridgeConfig`); one per edge site.
 
 Routing (site S):
-- up: a topic `sites/X/...` published on S's broker with X != S goes to the cloud broker;
+- up: a topic `sites/X/...` published on S's broker with X != S goes to the cloud broker.
+  The bridge subscribes on S's broker to `sites/X/#` for each other site X of the
+  infrastructure (`BridgeConfig.remote_sites`), so S's own traffic never enters the
+  bridge's persistent session;
 - down: a topic `sites/S/...` published on the cloud broker comes to S's broker;
 - anything else stays on the broker it was published on. Edge-to-edge traffic goes
   through the cloud: S publishes `sites/T/...` locally, S's bridge takes it up, T's bridge
@@ -20,14 +23,16 @@ Delivery (QoS 1, at least once, order kept per topic):
    separate publisher client per target broker (`ecbridge-<site>-edge-pub` / `-cloud-pub`,
    clean sessions); the target's acknowledgements move a delivery mark, committed with
    the next batch. The bridge alone retransmits: its publishers forget what is
-   unacknowledged when their connection drops (`MqttClient(retransmit=False)`), and after
+   unacknowledged when their connection drops (`OwnerResendClient`), and after
    every (re)connect of a publisher, and at (re)start, every row after the mark is sent
    again in seq order before any newer row. (Letting paho retransmit its in-flight
    messages lost the order: a reconnect during a WAN partition raced new publishes, and a
    broker that takes over a persistent session with two live connections - the old
    one's bytes are still held in the WAN - mixes their streams.)
 4. Duplicates are dropped at ingress by envelope id (source brokers redeliver what the
-   bridge committed but had not acknowledged when it crashed).
+   bridge committed but had not acknowledged when it crashed), with `codec.RecentIds`
+   seeded from the outbox. Bodies are never decoded: the subscribers read only the id
+   (`codec.peek_id`).
 
 So a message the bridge has accepted survives a WAN partition, a bridge restart (SIGKILL
 included) and a restart of either broker (with Mosquitto, whose sessions persist; amqtt
@@ -36,22 +41,24 @@ keeps sessions in memory, so what is queued inside an amqtt broker dies with it)
 Residual window, honestly: messages that were in flight to the target when the bridge was
 killed, or acknowledged by it after the last committed mark, are sent again after the
 restart and may reach the target twice. They carry the same envelope id, and edgecloud
-receivers (`MqttClient`) drop them. Payloads that are not edgecloud envelopes have no id:
-they are forwarded at least once but cannot be de-duplicated.
+receivers (`MqttClient`, a component's inbox) drop them. Payloads that are not edgecloud
+envelopes have no id: they are forwarded at least once but cannot be de-duplicated.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from edgecloud.log import get_logger
-from edgecloud.resource.mqtt import Message, MqttClient
+from edgecloud.resource.codec import RecentIds
+from edgecloud.resource.mqtt import BaseClient, Delivery, MqttClient, OwnerResendClient
 from edgecloud.resource.outbox import DIRECTIONS, Outbox, Row
 from edgecloud.service import Endpoint, run_service, stop_event_on_signals
 
@@ -73,6 +80,10 @@ class BridgeConfig(BaseModel):
     cloud: Endpoint
     data_dir: Path
     keepalive_s: float = 5
+    remote_sites: list[str] | None = None
+    """The other sites of the infrastructure (the cloud and the other edge sites): the
+    bridge takes up `sites/<each>/#`. None (unknown): every `sites/+/#`, this site's own
+    traffic included, enters the bridge's session and is acknowledged and dropped there."""
 
 
 def route(site: str, topic: str) -> str | None:
@@ -97,19 +108,20 @@ class Bridge:
         # Subscribers (persistent sessions, manual acks) and publishers (clean sessions; the
         # bridge, not paho, resends what a dropped connection left unacknowledged).
         subs = {side: MqttClient(url, f"ecbridge-{self.site}-{side}", clean_session=False,
-                                 src=src, keepalive=keepalive, manual_ack=True, dedup=False)
+                                 src=src, keepalive=keepalive, manual_ack=True, dedup=False,
+                                 decode_bodies=False)
                 for side, url in urls.items()}
-        pubs = {side: MqttClient(url, f"ecbridge-{self.site}-{side}-pub", src=src,
-                                 keepalive=keepalive, max_inflight=WINDOW, dedup=False,
-                                 on_delivered=self._on_delivered, retransmit=False,
-                                 on_reconnect=lambda d=d: self._on_reconnect(d))
+        pubs = {side: OwnerResendClient(url, f"ecbridge-{self.site}-{side}-pub", src=src,
+                                        keepalive=keepalive, max_inflight=WINDOW, dedup=False,
+                                        on_delivered=self._on_delivered,
+                                        on_reconnect=partial(self._on_reconnect, d))
                 for side, url, d in (("edge", urls["edge"], "down"),
                                      ("cloud", urls["cloud"], "up"))}
         self.edge, self.cloud = subs["edge"], subs["cloud"]
         self.source = {"up": self.edge, "down": self.cloud}
         self.target = {"up": pubs["cloud"], "down": pubs["edge"]}
         # Ingress: filled by the two network threads, drained by the pump (run()).
-        self._ingress: deque[tuple[str, Message]] = deque()
+        self._ingress: deque[tuple[str, Delivery]] = deque()
         self._delivered: deque[tuple[str, int]] = deque()
         self._wake = threading.Event()
         self._resync: dict[str, bool] = {d: False for d in DIRECTIONS}  # target reconnected
@@ -120,19 +132,28 @@ class Bridge:
         self._handed: dict[str, int] = dict(self.outbox.marks)
         self._new_marks: dict[str, int] = dict(self.outbox.marks)
         self._mark_dirty = False
-        self._seen: OrderedDict[str, None] = OrderedDict.fromkeys(self.outbox.recent_ids())
+        self._seen = RecentIds(SEEN_CAPACITY, self.outbox.recent_ids())
         self.stats: dict[str, int] = {"up_in": 0, "down_in": 0, "up_out": 0, "down_out": 0,
-                                      "duplicates_dropped": 0}
+                                      "duplicates_dropped": 0, "local_dropped": 0}
 
     # -- network-thread callbacks (keep them short) --------------------------------------
-    def _on_edge_message(self, msg: Message) -> None:
+    def _on_edge_message(self, msg: Delivery) -> None:
         if route(self.site, msg.topic) == "up":
             self._ingress.append(("up", msg))
             self._wake.set()
         else:
-            self.edge.ack(msg)  # local traffic of this site, or what we brought down
+            # This site's own traffic: only with remote_sites unknown (`sites/+/#`).
+            self.stats["local_dropped"] += 1
+            self.edge.ack(msg)
 
-    def _on_cloud_message(self, msg: Message) -> None:
+    def edge_patterns(self) -> list[str]:
+        """What the bridge subscribes to on its site's broker: what crosses sites."""
+        remote = self.config.remote_sites
+        if remote is None:
+            return ["sites/+/#"]
+        return [f"sites/{s}/#" for s in sorted(set(remote) - {self.site})]
+
+    def _on_cloud_message(self, msg: Delivery) -> None:
         self._ingress.append(("down", msg))
         self._wake.set()
 
@@ -151,8 +172,10 @@ class Bridge:
         log.info("bridge starting", site=self.site, edge=self.edge.url, cloud=self.cloud.url,
                  outbox=str(self.outbox.path), resend_up=backlog["up"],
                  resend_down=backlog["down"])
-        self.edge.subscribe("sites/+/#", self._on_edge_message, qos=1)
-        self.cloud.subscribe(f"sites/{self.site}/#", self._on_cloud_message, qos=1)
+        for pattern in self.edge_patterns():
+            self.edge.subscribe(pattern, self._on_edge_message, qos=1, ack="manual")
+        self.cloud.subscribe(f"sites/{self.site}/#", self._on_cloud_message, qos=1,
+                             ack="manual")
         for client in self._clients():
             client.start()
         next_log = time.monotonic() + LOG_EVERY_S
@@ -184,7 +207,7 @@ class Bridge:
             self._commit_and_forward(batch)
             self._refill()
 
-    def _clients(self) -> list[MqttClient]:
+    def _clients(self) -> list[BaseClient]:
         return [self.edge, self.cloud, self.target["down"], self.target["up"]]
 
     def _resync_targets(self) -> None:
@@ -202,8 +225,9 @@ class Bridge:
             log.info("target connected, resending", site=self.site, direction=d,
                      rows=self.outbox.last_seq[d] - self._handed[d])
 
-    def _take_batch(self) -> list[tuple[str, Message]]:
-        ingress, batch = self._ingress, []
+    def _take_batch(self) -> list[tuple[str, Delivery]]:
+        ingress = self._ingress
+        batch: list[tuple[str, Delivery]] = []
         while ingress and len(batch) < BATCH_MAX:
             batch.append(ingress.popleft())
         return batch
@@ -228,22 +252,18 @@ class Bridge:
         self._mark_dirty |= moved_any
         return moved_any
 
-    def _commit_and_forward(self, batch: list[tuple[str, Message]]) -> None:
+    def _commit_and_forward(self, batch: list[tuple[str, Delivery]]) -> None:
         seen = self._seen
         rows: dict[str, list[Row]] = {"up": [], "down": []}
-        accepted: list[tuple[str, Message]] = []
-        duplicates: list[tuple[str, Message]] = []
+        accepted: list[tuple[str, Delivery]] = []
+        duplicates: list[tuple[str, Delivery]] = []
         for d, msg in batch:
             mid = msg.id
-            if mid:
-                if mid in seen:
-                    duplicates.append((d, msg))
-                    continue
-                seen[mid] = None
+            if mid and seen.check_and_add(mid):
+                duplicates.append((d, msg))
+                continue
             rows[d].append((msg.topic, msg.raw, int(msg.retain), mid))
             accepted.append((d, msg))
-        while len(seen) > SEEN_CAPACITY:
-            seen.popitem(last=False)
         marks = dict(self._new_marks) if self._mark_dirty else {}
         if accepted or marks:
             backlog = {d: self._handed[d] < self.outbox.last_seq[d] for d in DIRECTIONS}
@@ -251,7 +271,8 @@ class Bridge:
             self._mark_dirty = False
         else:
             backlog, first = {}, {}
-        # Committed: now the source brokers may forget them.
+        # Committed: now the source brokers may forget them (the clients send the PUBACKs
+        # in receive order, whatever the order of these calls).
         for d, msg in accepted:
             self.source[d].ack(msg)
             self.stats[f"{d}_in"] += 1
@@ -295,16 +316,16 @@ class Bridge:
         log.info("progress", site=self.site, up_in=s["up_in"], up_out=s["up_out"],
                  down_in=s["down_in"], down_out=s["down_out"],
                  outbox_up=self.outbox.depth("up"), outbox_down=self.outbox.depth("down"),
-                 duplicates=s["duplicates_dropped"],
+                 duplicates=s["duplicates_dropped"], local_dropped=s["local_dropped"],
                  edge="up" if self.edge.connected and self.target["down"].connected else "down",
                  cloud="up" if self.cloud.connected and self.target["up"].connected else "down")
 
     def _shutdown(self) -> None:
         # Give in-flight publishes a moment so the marks advance; what is still
         # unacknowledged is resent at the next start.
-        for client in (self.target["up"], self.target["down"]):
-            if client.connected:
-                client.flush(2.0)
+        for target in (self.target["up"], self.target["down"]):
+            if target.connected:
+                target.flush(2.0)
         self._take_acks()
         self._commit_and_forward([])
         self._log_progress()

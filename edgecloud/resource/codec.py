@@ -3,7 +3,8 @@
     {"_ec": 1, "id": "<unique str>", "ts": <unix float>, "src": "<sender>", "body": <any>}
 
 `id` lets receivers (and the bridge) drop duplicates that QoS 1 and crash recovery can
-produce. `body` is any msgpack value, bytes included. Decoding is tolerant so edgecloud
+produce: `RecentIds` is the one duplicate filter, `peek_id` reads an id without decoding
+the body. `body` is any msgpack value, bytes included. Decoding is tolerant so edgecloud
 components interoperate with other MQTT tools: a payload that is not an envelope decodes
 to an `Envelope` with `id=""` and `body` = the parsed JSON document, or the raw bytes.
 Never pickle: a payload must not be able to run code in its receiver.
@@ -14,9 +15,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import count
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
@@ -54,7 +57,7 @@ def encode(body: Any, *, src: str = "", msg_id: str | None = None) -> bytes:
     env = {MAGIC_KEY: VERSION, "id": msg_id or new_id(), "ts": time.time(), "src": src,
            "body": body}
     try:
-        return msgpack.packb(env, use_bin_type=True)
+        return cast(bytes, msgpack.packb(env, use_bin_type=True))
     except (TypeError, ValueError, OverflowError) as exc:
         raise PayloadError(f"cannot encode message body of type {type(body).__name__}: {exc} "
                            "(use dicts, lists, str, bytes, numbers, bool, None)") from None
@@ -85,12 +88,98 @@ def decode(data: bytes | bytearray | memoryview) -> Envelope:
     return Envelope(id="", ts=0.0, src="", body=_foreign_body(raw), raw=raw)
 
 
+_MAGIC_HEAD = msgpack.packb(MAGIC_KEY) + msgpack.packb(VERSION) + msgpack.packb("id")
+_PEEK_ERRORS = (ValueError, msgpack.OutOfData, msgpack.FormatError, msgpack.StackError,
+                UnicodeDecodeError)
+
+
 def peek_id(data: bytes) -> str:
-    """The envelope id of a payload, "" if it is not a well-formed envelope (never raises)."""
-    try:
-        return decode(data).id
-    except PayloadError:
+    """The envelope id of a payload, "" if it is not an envelope (never raises).
+
+    Reads the map header and the keys up to "id" only; the body is never unpacked, so a
+    large or even broken body costs nothing (the bridge's hot path).
+    """
+    raw = bytes(data) if not isinstance(data, bytes) else data
+    if raw[1:1 + len(_MAGIC_HEAD)] == _MAGIC_HEAD and 0x81 <= raw[0] <= 0x8F:
+        # The layout `encode` writes: {"_ec": 1, "id": <fixstr>, ...}.
+        at = 1 + len(_MAGIC_HEAD)
+        head = raw[at:at + 1]
+        if head and 0xA0 <= head[0] <= 0xBF:
+            end = at + 1 + (head[0] - 0xA0)
+            if end <= len(raw):
+                try:
+                    return raw[at + 1:end].decode()
+                except UnicodeDecodeError:
+                    return ""
+    return _peek_id_slow(raw)
+
+
+def _peek_id_slow(raw: bytes) -> str:
+    """peek_id for any key order: skip values until both "_ec" and "id" were read."""
+    if not (raw[:1] and 0x80 <= raw[0] <= 0x8F or raw[:1] in (b"\xde", b"\xdf")):
         return ""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    unpacker.feed(raw)
+    msg_id: Any = None
+    magic = False
+    try:
+        for _ in range(unpacker.read_map_header()):
+            key = unpacker.unpack()
+            if key == MAGIC_KEY:
+                magic = unpacker.unpack() == VERSION
+            elif key == "id":
+                msg_id = unpacker.unpack()
+            else:
+                unpacker.skip()
+            if magic and msg_id is not None:
+                break
+    except _PEEK_ERRORS:
+        return ""
+    return msg_id if magic and isinstance(msg_id, str) else ""
+
+
+class RecentIds:
+    """The one duplicate filter of edgecloud: a bounded LRU of envelope ids.
+
+    Used by `MqttClient` (drop on receipt), the bridge (drop at ingress) and a
+    component's inbox (drop before `on_message`, seeded from its journal). Not
+    thread-safe: each user calls it from one thread.
+    """
+
+    def __init__(self, capacity: int, initial: Iterable[str] = ()) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        for msg_id in initial:
+            self.add(msg_id)
+
+    def __contains__(self, msg_id: str) -> bool:
+        return msg_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __iter__(self) -> Iterator[str]:
+        """The remembered ids, least recently seen first."""
+        return iter(list(self._ids))
+
+    def add(self, msg_id: str) -> None:
+        """Remember `msg_id` (the oldest id is forgotten beyond `capacity`)."""
+        ids = self._ids
+        ids[msg_id] = None
+        ids.move_to_end(msg_id)
+        if len(ids) > self.capacity:
+            ids.popitem(last=False)
+
+    def check_and_add(self, msg_id: str) -> bool:
+        """True if `msg_id` was seen recently (a duplicate); else remember it, False."""
+        ids = self._ids
+        if msg_id in ids:
+            ids.move_to_end(msg_id)
+            return True
+        ids[msg_id] = None
+        if len(ids) > self.capacity:
+            ids.popitem(last=False)
+        return False
 
 
 def _unpack_envelope(raw: bytes) -> Envelope | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 DIRECTIONS = ("up", "down")
@@ -52,7 +52,8 @@ class Outbox:
             # An empty (pruned) table continues after its mark, never reusing a seq.
             self.last_seq[d] = max(top or 0, self.marks[d])
 
-    def write(self, appends: dict[str, Sequence[Row]], marks: dict[str, int]) -> dict[str, int]:
+    def write(self, appends: Mapping[str, Sequence[Row]], marks: Mapping[str, int]
+              ) -> dict[str, int]:
         """Append rows and move delivery marks in ONE transaction.
 
         Returns, per direction appended to, the seq of its first new row (the rest follow
