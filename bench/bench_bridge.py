@@ -26,7 +26,7 @@ from pathlib import Path
 from edgecloud.procutil import free_port, spawn_command, spawn_service, stop_process, wait_port
 from edgecloud.resource.bridge import BridgeConfig
 from edgecloud.resource.broker import BrokerConfig, mosquitto_conf, mosquitto_path
-from edgecloud.resource.mqtt import Message, MqttClient
+from edgecloud.resource.mqtt import Delivery, MqttClient
 from edgecloud.service import Endpoint
 
 TOPICS = 4
@@ -61,7 +61,8 @@ class Run:
         return ep
 
     def bridge(self, site: str, local: Endpoint, cloud: Endpoint) -> None:
-        cfg = BridgeConfig(site=site, local=local, cloud=cloud, data_dir=self.dir / "bridge")
+        cfg = BridgeConfig(site=site, local=local, cloud=cloud, data_dir=self.dir / "bridge",
+                           remote_sites=["cloud"])
         self.procs.append(spawn_service("bridge", "edgecloud.resource.bridge", cfg,
                                         self.dir / "run", self.dir / "bridge.log"))
 
@@ -94,7 +95,7 @@ class Run:
 
 
 def wait_bridge_up(edge: Endpoint, cloud: Endpoint, timeout: float = 30) -> None:
-    got: list[Message] = []
+    got: list[Delivery] = []
     sub = MqttClient(cloud.url("mqtt")).connect()
     sub.subscribe("sites/cloud/probe", got.append)
     pub = MqttClient(edge.url("mqtt")).connect()
@@ -113,7 +114,7 @@ def measure(edge: Endpoint, cloud: Endpoint, n: int, size: int) -> dict[str, flo
     last = [0.0]
     done = threading.Event()
 
-    def on_msg(m: Message) -> None:
+    def on_msg(m: Delivery) -> None:
         nonlocal received
         received += 1
         last[0] = time.time()

@@ -308,7 +308,8 @@ def test_order_kept_across_repeated_wan_partitions(tmp_path: Path) -> None:
     wan = spawn_service("wan-ec-1", "edgecloud.resource.wan", wcfg, tmp_path / "run",
                         tmp_path / "logs" / "wan.log")
     bcfg = BridgeConfig(site="ec-1", local=edge.config.listen,  # type: ignore[union-attr]
-                        cloud=wan_route.listen, data_dir=tmp_path / "bridge", keepalive_s=2)
+                        cloud=wan_route.listen, data_dir=tmp_path / "bridge", keepalive_s=2,
+                        remote_sites=["cloud"])
     br = Proc(tmp_path, "bridge-ec-1", "edgecloud.resource.bridge", bcfg)
     clients: list[MqttClient] = []
     try:

@@ -21,7 +21,7 @@ import pytest
 
 from edgecloud.config import Home
 from edgecloud.resource.files import FileClient
-from edgecloud.resource.mqtt import Message, MqttClient
+from edgecloud.resource.mqtt import Delivery, MqttClient
 from edgecloud.resource.state import RunState, load_run_state
 from edgecloud.resource.wan import LinkClient
 from tests.support import cli, embedded_run, wait_for
@@ -46,8 +46,8 @@ def link(run: RunState, site: str) -> LinkClient:
     return LinkClient(ep.url("http"), site)
 
 
-def collector(url: str, pattern: str) -> tuple[MqttClient, list[Message]]:
-    got: list[Message] = []
+def collector(url: str, pattern: str) -> tuple[MqttClient, list[Delivery]]:
+    got: list[Delivery] = []
     c = MqttClient(url, src="test-sub")
     c.connect()
     c.subscribe(pattern, got.append)

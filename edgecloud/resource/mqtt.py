@@ -56,9 +56,6 @@ PUBLISH_TIMEOUT_S = 5.0
 __all__ = ["BackpressureError", "BaseClient", "Delivery", "Handler", "MqttClient",
            "OwnerResendClient", "parse_url", "topic_matches"]
 
-Message = Delivery
-"""Deprecated alias of `Delivery` for callers not yet renamed (one name per concept)."""
-
 
 class BackpressureError(UserError):
     """A publish could not be queued: the broker has stopped acknowledging for too long."""
