@@ -137,8 +137,7 @@ def plan_for(application: Application, inf: Infrastructure,
              node_infos: list[PlacementNode] | None = None) -> DeploymentPlan:
     """Place one application on `inf`: on `node_infos` (live states) when given, else on
     every declared node taken as Ready and empty."""
-    from edgecloud.platform.orchestrator import PlacementNode
-    from edgecloud.platform.orchestrator import place
+    from edgecloud.platform.orchestrator import PlacementNode, place
 
     if node_infos is None:
         node_infos = [PlacementNode(name=n.name, site=s.name, site_kind=s.kind, labels=n.labels,
