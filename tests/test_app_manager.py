@@ -237,3 +237,22 @@ def test_transitions_coalesce_into_one_replan(platform: Platform, manager: AppMa
     assert eventually(lambda: manager.worker.passes == passes + 1, 5)
     time.sleep(0.2)
     assert manager.worker.passes == passes + 1
+
+
+def test_restarted_platform_waits_for_the_nodes_it_knew(platform: Platform) -> None:
+    """After a platform restart, a node last heard from before the start gets the start-up
+    grace (an embedded `up` starts agents last: without it, every node was declared
+    NotReady and every instance moved away and back); a node heard from since the start
+    is judged by the usual allowance (3 x 1 s here). Fails on the old code (3 s for all)."""
+    from edgecloud.platform.monitor import silent_for
+
+    now = time.time()
+    platform.started_at = now - 10
+    grace = platform.config.startup_grace_s
+    assert grace >= 20
+    before_start = now - 100
+    assert silent_for(platform, before_start, HB, now) is None
+    assert silent_for(platform, before_start, HB, platform.started_at + grace + 1) is not None
+    heard_since = now - 5
+    assert silent_for(platform, heard_since, HB, now) is not None
+    assert silent_for(platform, now - 1, HB, now) is None

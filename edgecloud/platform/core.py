@@ -31,6 +31,11 @@ class PlatformConfig(BaseModel):
     admin_token_file: Path
     heartbeat_interval_s: float = Field(5.0, gt=0)
     missed_beats: int = Field(3, ge=1)
+    startup_grace_s: float = Field(
+        30.0, ge=0, description="after the platform (re)starts, nodes not heard from since "
+                                "get this long to heartbeat before they are declared "
+                                "NotReady (an embedded `up` starts agents last; a real "
+                                "site's agents back off up to ~10 s)")
     metrics_require_auth: bool = Field(
         False, description="require the admin token on /metrics (default: open, as "
                            "Prometheus exporters usually are; it carries no secrets)")

@@ -34,8 +34,17 @@ def silent_for(p: Platform, last_heartbeat: float | None, interval_s: float | No
     platform gives agents time to reconnect before declaring them lost.
     """
     interval = interval_s or p.config.heartbeat_interval_s
+    allowance = p.config.missed_beats * interval
+    # A restarted platform waits a while for the agents it heard from before its start:
+    # nothing says they are gone, and declaring them NotReady would move every instance
+    # away and back (a re-plan churn that restarts sources from their first item). Nodes
+    # heard from since the start are judged by the usual allowance.
+    heard_since_start = last_heartbeat is not None and last_heartbeat >= p.started_at
+    if not heard_since_start and now - p.started_at <= max(p.config.startup_grace_s,
+                                                           allowance):
+        return None
     since = max(last_heartbeat or 0.0, p.started_at)
-    return now - since if now - since > p.config.missed_beats * interval else None
+    return now - since if now - since > allowance else None
 
 
 def is_live(p: Platform, node: NodeRow, now: float | None = None) -> bool:
