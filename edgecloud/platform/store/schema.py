@@ -6,6 +6,7 @@ runs on SQLite (embedded) and PostgreSQL (scale-out).
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -25,7 +26,9 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection
@@ -140,7 +143,53 @@ def make_engine(db_url: str) -> Engine:
     if db_url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
     metadata.create_all(engine)
+    add_missing_columns(engine)
     return engine
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Bring a database made by an older edgecloud up to this schema; returns what was added.
+
+    Schema changes so far only add columns, each with a default, so an `ALTER TABLE ... ADD
+    COLUMN ... DEFAULT` per missing column is the whole migration (a `down` + `up` on an
+    existing home keeps its applications, users and tokens). Anything else would need a
+    real migration tool and fails loudly at the first query instead of silently.
+    """
+    present = {t: {c["name"] for c in inspect(engine).get_columns(t)}
+               for t in metadata.tables}
+    added = []
+    with engine.begin() as c:
+        for table in metadata.sorted_tables:
+            for col in table.columns:
+                if col.name in present[table.name]:
+                    continue
+                ddl = (f"ALTER TABLE {table.name} ADD COLUMN {col.name} "
+                       f"{col.type.compile(engine.dialect)}")
+                default = _default_literal(col)
+                if default is not None:
+                    ddl += f" DEFAULT {default}"
+                if not col.nullable and default is not None:
+                    ddl += " NOT NULL"
+                c.execute(text(ddl))
+                added.append(f"{table.name}.{col.name}")
+    return added
+
+
+def _default_literal(col: Column[Any]) -> str | None:
+    """The SQL literal of a column's Python-side default (lists and dicts as JSON text)."""
+    default = col.default
+    if default is None or not (default.is_scalar or default.is_callable):
+        return None
+    value = default.arg(None) if default.is_callable else default.arg  # type: ignore[attr-defined]
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | dict):
+        value = json.dumps(value)
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return None
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
