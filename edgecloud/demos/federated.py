@@ -33,6 +33,7 @@ from edgecloud.demos.infra import (
     examples_dir,
 )
 from edgecloud.errors import UserError
+from edgecloud.resource.files import FileServiceError
 
 APP = "federated"
 
@@ -95,9 +96,17 @@ def start_job(tb: Testbed, job: dict[str, Any]) -> None:
 def history(tb: Testbed, run: str) -> dict[str, Any] | None:
     """The job's history as the aggregator stored it in the cloud (None before its start)."""
     files, key = tb.files(), f"fl/{run}/history.json"
-    if files.stat(key) is None:
-        return None
-    return json.loads(files.get(files.ref(key)))  # type: ignore[no-any-return]
+    for _ in range(5):
+        if files.stat(key) is None:
+            return None
+        try:
+            return json.loads(files.get(files.ref(key)))  # type: ignore[no-any-return]
+        except FileServiceError as exc:
+            # The aggregator rewrites the history every round: one written between the
+            # reference and the read is refused (409, it changed); read the new one.
+            if "has changed" not in str(exc):
+                raise
+    raise UserError(f"{key}: the aggregator rewrote it during 5 reads in a row")
 
 
 def run_job(tb: Testbed, settings: Settings, compression: str, bar: Progress,
