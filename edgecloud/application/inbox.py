@@ -105,9 +105,10 @@ class HandledJournal:
 
 @dataclass(slots=True)
 class _Item:
-    delivery: Delivery
+    delivery: Delivery | None  # None: a local call (`Inbox.call`), nothing to acknowledge
     handle: HandleFn
     received_at: float
+    call: Callable[[], None] | None = None
 
 
 class Inbox:
@@ -139,6 +140,12 @@ class Inbox:
         if not self._accepting:
             return  # stopping: left unacknowledged, the broker delivers it to the next start
         self._queue.put(_Item(delivery, handle, time.time()))
+
+    def call(self, fn: Callable[[], None]) -> None:
+        """Queue `fn()` for the worker, in order with the messages (e.g. a hook that
+        author code must not run concurrently with its handlers). Not kept on stop."""
+        if self._accepting:
+            self._queue.put(_Item(None, _no_handle, time.time(), fn))
 
     def qsize(self) -> int:
         return self._queue.qsize()
@@ -190,6 +197,8 @@ class Inbox:
     def _handle(self, item: _Item) -> bool:
         """Handle one message; False if the worker must stop (output cannot be sent)."""
         d = item.delivery
+        if d is None:
+            return self._call(item)
         if d.id and d.id in self._handled:
             self.duplicates += 1
             self._client.ack(d)
@@ -197,12 +206,7 @@ class Inbox:
         try:
             item.handle(d, item.received_at)
         except BackpressureError as exc:
-            self._accepting = False
-            self.left_unhandled = self._queue.qsize() + 1
-            self._log.error("stopping: a handler's output cannot be published; its message "
-                            "stays with the broker", topic=d.topic, error=str(exc))
-            if self._on_stuck is not None:
-                self._on_stuck(str(exc))
+            self._stop_stuck(d.topic, exc)
             return False
         except Exception:  # the handle functions log their own; this is the last guard
             self._log.exception("message handling failed", topic=d.topic)
@@ -215,3 +219,26 @@ class Inbox:
                     self._log.warning("cannot record a handled message id", error=str(exc))
         self._client.ack(d)
         return True
+
+    def _call(self, item: _Item) -> bool:
+        try:
+            if item.call is not None:
+                item.call()
+        except BackpressureError as exc:
+            self._stop_stuck("a local call", exc)
+            return False
+        except Exception:
+            self._log.exception("worker call failed")
+        return True
+
+    def _stop_stuck(self, what: str, exc: BackpressureError) -> None:
+        self._accepting = False
+        self.left_unhandled = self._queue.qsize() + 1
+        self._log.error("stopping: a handler's output cannot be published; its message "
+                        "stays with the broker", topic=what, error=str(exc))
+        if self._on_stuck is not None:
+            self._on_stuck(str(exc))
+
+
+def _no_handle(_d: Delivery, _received_at: float) -> None:
+    """The `handle` of a local call (never called: see `_Item.call`)."""
