@@ -105,10 +105,16 @@ class HandledJournal:
 
 @dataclass(slots=True)
 class _Item:
-    delivery: Delivery | None  # None: a local call (`Inbox.call`), nothing to acknowledge
+    delivery: Delivery
     handle: HandleFn
     received_at: float
-    call: Callable[[], None] | None = None
+
+
+@dataclass(slots=True)
+class _Call:
+    """A local call for the worker (`Inbox.call`): no message, nothing to acknowledge."""
+
+    fn: Callable[[], None]
 
 
 class Inbox:
@@ -124,7 +130,7 @@ class Inbox:
         self._client = client
         self._on_stuck = on_stuck
         self._log = log
-        self._queue: queue.Queue[_Item | None] = queue.Queue()
+        self._queue: queue.Queue[_Item | _Call | None] = queue.Queue()
         self._journal = HandledJournal(Path(instance_dir) / JOURNAL_FILE) if instance_dir \
             else None
         self._handled = RecentIds(DEDUP_CAPACITY,
@@ -145,7 +151,7 @@ class Inbox:
         """Queue `fn()` for the worker, in order with the messages (e.g. a hook that
         author code must not run concurrently with its handlers). Not kept on stop."""
         if self._accepting:
-            self._queue.put(_Item(None, _no_handle, time.time(), fn))
+            self._queue.put(_Call(fn))
 
     def qsize(self) -> int:
         return self._queue.qsize()
@@ -189,7 +195,7 @@ class Inbox:
                 self._log.info("stopping with messages not handled; the broker keeps them",
                                messages=self.left_unhandled)
                 break
-            if not self._handle(item):
+            if not (self._call(item) if isinstance(item, _Call) else self._handle(item)):
                 break
         if self._journal is not None:
             self._journal.close()
@@ -197,8 +203,6 @@ class Inbox:
     def _handle(self, item: _Item) -> bool:
         """Handle one message; False if the worker must stop (output cannot be sent)."""
         d = item.delivery
-        if d is None:
-            return self._call(item)
         if d.id and d.id in self._handled:
             self.duplicates += 1
             self._client.ack(d)
@@ -206,7 +210,7 @@ class Inbox:
         try:
             item.handle(d, item.received_at)
         except BackpressureError as exc:
-            self._stop_stuck(d.topic, exc)
+            self._stop_stuck(f"a handler of {d.topic}", exc)
             return False
         except Exception:  # the handle functions log their own; this is the last guard
             self._log.exception("message handling failed", topic=d.topic)
@@ -220,12 +224,12 @@ class Inbox:
         self._client.ack(d)
         return True
 
-    def _call(self, item: _Item) -> bool:
+    def _call(self, call: _Call) -> bool:
+        """Run a local call; False if the worker must stop (its output cannot be sent)."""
         try:
-            if item.call is not None:
-                item.call()
+            call.fn()
         except BackpressureError as exc:
-            self._stop_stuck("a local call", exc)
+            self._stop_stuck(getattr(call.fn, "__qualname__", "a local call"), exc)
             return False
         except Exception:
             self._log.exception("worker call failed")
@@ -234,11 +238,7 @@ class Inbox:
     def _stop_stuck(self, what: str, exc: BackpressureError) -> None:
         self._accepting = False
         self.left_unhandled = self._queue.qsize() + 1
-        self._log.error("stopping: a handler's output cannot be published; its message "
-                        "stays with the broker", topic=what, error=str(exc))
+        self._log.error("stopping: output cannot be published; the messages not handled "
+                        "stay with the broker", where=what, error=str(exc))
         if self._on_stuck is not None:
             self._on_stuck(str(exc))
-
-
-def _no_handle(_d: Delivery, _received_at: float) -> None:
-    """The `handle` of a local call (never called: see `_Item.call`)."""
