@@ -159,6 +159,39 @@ def _pid(node: NodeRuntime) -> int | None:
     return statuses[0].pid if statuses and statuses[0].state == "Running" else None
 
 
+PER_NODE = """
+apiVersion: edgecloud/v1
+kind: Application
+metadata: {name: pernode}
+spec:
+  components:
+    - {name: cam, command: [sleep, "1000"], perNode: {labels: {camera: "true"}},
+       connections: [sink]}
+    - {name: sink, command: [sleep, "1000"], site: cloud, connections: [cam]}
+"""
+
+
+def test_a_lost_perNode_instance_changes_only_the_others_live_part(
+        platform: Platform, manager: AppManager) -> None:
+    """The platform side of a drop: the other instances get a new membership (a new
+    `digest`, so their nodes are sent it) under the same `restart_digest` (so their nodes
+    do not restart them). On the old code the one digest changed: a restart."""
+    for name in ALL:
+        platform.store.nodes.record_heartbeat(node_id(name), {}, [], None, [])
+    manager.deploy(DeployRequest(topology=Application.model_validate(
+        yaml.safe_load(PER_NODE))))
+    before = {r.name: r for r in manager.instances("pernode")}
+    lost = next(r for r in before.values() if r.component == "cam")
+    platform.store.nodes.mark_not_ready(node_id(lost.node), "test")
+    assert manager.replan_all("test") == []
+    after = {r.name: r for r in manager.instances("pernode")}
+    assert set(after) == set(before) - {lost.name}
+    for name, row in after.items():
+        assert row.spec.restart_digest() == before[name].spec.restart_digest(), name
+        assert row.spec.digest() != before[name].spec.digest(), name  # the new membership
+        assert lost.name not in {p.instance for p in row.spec.context.members}  # type: ignore[union-attr]
+
+
 # -- the runner and the SDK follow a new membership -----------------------------------------
 def test_the_watcher_sees_every_replacement_of_the_context_file(tmp_path: Path) -> None:
     path = tmp_path / "context.json"
