@@ -50,7 +50,7 @@ CONTEXT_FILE = "context.json"
 @dataclass
 class _Instance:
     spec: InstanceSpec
-    digest: str  # restart digest of `spec`
+    restart_digest: str  # of `spec`: a change restarts the instance
     dir: Path
     proc: subprocess.Popen[bytes] | None = None
     ps: psutil.Process | None = None
@@ -92,7 +92,7 @@ class ProcessRuntime:
             for key in list(self._instances):
                 inst = self._instances[key]
                 new = wanted.get(key)
-                if new is None or new.restart_digest() != inst.digest:
+                if new is None or new.restart_digest() != inst.restart_digest:
                     self._terminate(inst, reason="removed" if new is None else "updated")
                     del self._instances[key]
                 elif new != inst.spec:
@@ -265,7 +265,7 @@ def _previous_starts(d: Path, spec: InstanceSpec) -> int:
 def _save_starts(inst: _Instance) -> None:
     try:
         write_private(inst.dir / STARTS_FILE,
-                      json.dumps({"digest": inst.digest, "starts": inst.restarts + 1}))
+                      json.dumps({"digest": inst.restart_digest, "starts": inst.restarts + 1}))
     except OSError as exc:  # counting is best effort; running the instance is not
         log.warning("cannot record instance start", instance=inst.spec.key, error=str(exc))
 
