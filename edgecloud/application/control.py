@@ -68,6 +68,8 @@ class InAppController(Component):
 
     # -- operations ------------------------------------------------------------------
     def _sites(self) -> list[str]:
+        """Sites to command: the membership is live (a re-plan may move instances to
+        other sites while this controller runs), so it is read at every command."""
         if not self.is_global:
             return [self.site]
         return sorted({p.site for p in self.context.members})

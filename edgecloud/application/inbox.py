@@ -110,6 +110,13 @@ class _Item:
     received_at: float
 
 
+@dataclass(slots=True)
+class _Call:
+    """A local call for the worker (`Inbox.call`): no message, nothing to acknowledge."""
+
+    fn: Callable[[], None]
+
+
 class Inbox:
     """Messages received, not yet handled nor acknowledged; one worker thread handles them.
 
@@ -123,7 +130,7 @@ class Inbox:
         self._client = client
         self._on_stuck = on_stuck
         self._log = log
-        self._queue: queue.Queue[_Item | None] = queue.Queue()
+        self._queue: queue.Queue[_Item | _Call | None] = queue.Queue()
         self._journal = HandledJournal(Path(instance_dir) / JOURNAL_FILE) if instance_dir \
             else None
         self._handled = RecentIds(DEDUP_CAPACITY,
@@ -139,6 +146,12 @@ class Inbox:
         if not self._accepting:
             return  # stopping: left unacknowledged, the broker delivers it to the next start
         self._queue.put(_Item(delivery, handle, time.time()))
+
+    def call(self, fn: Callable[[], None]) -> None:
+        """Queue `fn()` for the worker, in order with the messages (e.g. a hook that
+        author code must not run concurrently with its handlers). Not kept on stop."""
+        if self._accepting:
+            self._queue.put(_Call(fn))
 
     def qsize(self) -> int:
         return self._queue.qsize()
@@ -182,7 +195,7 @@ class Inbox:
                 self._log.info("stopping with messages not handled; the broker keeps them",
                                messages=self.left_unhandled)
                 break
-            if not self._handle(item):
+            if not (self._call(item) if isinstance(item, _Call) else self._handle(item)):
                 break
         if self._journal is not None:
             self._journal.close()
@@ -197,12 +210,7 @@ class Inbox:
         try:
             item.handle(d, item.received_at)
         except BackpressureError as exc:
-            self._accepting = False
-            self.left_unhandled = self._queue.qsize() + 1
-            self._log.error("stopping: a handler's output cannot be published; its message "
-                            "stays with the broker", topic=d.topic, error=str(exc))
-            if self._on_stuck is not None:
-                self._on_stuck(str(exc))
+            self._stop_stuck(f"a handler of {d.topic}", exc)
             return False
         except Exception:  # the handle functions log their own; this is the last guard
             self._log.exception("message handling failed", topic=d.topic)
@@ -215,3 +223,22 @@ class Inbox:
                     self._log.warning("cannot record a handled message id", error=str(exc))
         self._client.ack(d)
         return True
+
+    def _call(self, call: _Call) -> bool:
+        """Run a local call; False if the worker must stop (its output cannot be sent)."""
+        try:
+            call.fn()
+        except BackpressureError as exc:
+            self._stop_stuck(getattr(call.fn, "__qualname__", "a local call"), exc)
+            return False
+        except Exception:
+            self._log.exception("worker call failed")
+        return True
+
+    def _stop_stuck(self, what: str, exc: BackpressureError) -> None:
+        self._accepting = False
+        self.left_unhandled = self._queue.qsize() + 1
+        self._log.error("stopping: output cannot be published; the messages not handled "
+                        "stay with the broker", where=what, error=str(exc))
+        if self._on_stuck is not None:
+            self._on_stuck(str(exc))

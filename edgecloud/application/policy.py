@@ -79,7 +79,11 @@ class Policy:
     def route(self, target: str, candidates: list[Peer], decisions: dict[str, Any],
               key: str | None = None) -> Peer:
         """Choose the instance of `target` for one `send`: same node first, then same
-        site, then any; by key (stable hash) when given, round-robin otherwise."""
+        site, then any; by key (stable hash) when given, round-robin otherwise.
+
+        `candidates` are the current peers: the membership is live (a re-plan drops, adds
+        or moves instances while this instance runs), so no choice is kept between calls
+        beyond the round-robin position per pool size."""
         same_node = [p for p in candidates if self.node and p.node == self.node]
         local = [p for p in candidates if p.site == self.site]
         pool = same_node or local or candidates

@@ -6,17 +6,24 @@ on a worker thread, reports to the in-app controller and writes metrics for the 
 SIGTERM stops it cleanly: no new messages are taken, the worker finishes the current one
 and drains the queue for a few seconds (what is left stays with the broker, unacknowledged,
 for the next start), then `teardown`, then the publishes are flushed, exit 0.
+
+The membership is live: the node replaces the context file (atomically) when only the
+application's membership changed, and the background thread, which checks the file's
+identity (inode, mtime, size) every `MEMBERSHIP_EVERY_S`, hands the new peers and
+members to the component (`Component._follow_membership`).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from edgecloud.application import topics
-from edgecloud.application.context import InstanceContext
+from edgecloud.application.context import CONTEXT_ENV, InstanceContext
 from edgecloud.application.sdk import Component, load_class
 from edgecloud.errors import UserError
 from edgecloud.log import get_logger, setup_logging
@@ -24,6 +31,8 @@ from edgecloud.resource.mqtt import BackpressureError, MqttClient
 
 log = get_logger("runner")
 METRICS_EVERY_S = 2.0
+MEMBERSHIP_EVERY_S = 0.5
+"""How often the context file is checked (one stat) for a new membership."""
 READY_FILE = "ready"
 
 
@@ -33,16 +42,59 @@ def _import_path(ctx: InstanceContext) -> None:
             sys.path.insert(0, p)
 
 
-def _background(comp: Component, ctx: InstanceContext) -> None:
-    """Reports to the controller and metric snapshots for the agent, until stopped."""
+class ContextWatcher:
+    """Notices that the context file was replaced (one `stat` per check: cheap).
+
+    Create it before the file is first read: a replacement in between is then seen too.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen = self._identity()
+
+    def _identity(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def changed(self) -> InstanceContext | None:
+        """The context as the file holds it now, if the file changed since last seen."""
+        identity = self._identity()
+        if identity is None or identity == self._seen:
+            return None
+        try:
+            ctx = InstanceContext.model_validate_json(self.path.read_bytes())
+        except (OSError, ValueError) as exc:  # not seen: read again at the next check
+            log.warning("unreadable instance context", path=str(self.path), error=str(exc))
+            return None
+        self._seen = identity
+        return ctx
+
+
+def _background(comp: Component, ctx: InstanceContext,
+                watcher: ContextWatcher | None) -> None:
+    """Membership updates, reports to the controller and metric snapshots for the agent,
+    until stopped."""
     metrics_file = Path(ctx.instance_dir) / "metrics.json" if ctx.instance_dir else None
     interval = ctx.controller.report_interval_s if ctx.controller else METRICS_EVERY_S
-    report_topic = topics.reports(ctx.controller_site, ctx.app)
-    while comp.sleep(interval):
+    last_report = time.monotonic()
+    while comp.sleep(min(interval, MEMBERSHIP_EVERY_S)):
+        if watcher is not None:
+            new = watcher.changed()
+            if new is not None:
+                comp._follow_membership(new)
+        now = time.monotonic()
+        if now - last_report < interval:
+            continue
+        elapsed, last_report = now - last_report, now
         if ctx.controller is not None and ctx.role == "component":
-            report = comp._make_report(interval).model_dump(mode="json")
+            # The membership decides the controller (a local one may appear): read it live.
+            topic = topics.reports(comp.context.controller_site, ctx.app)
+            report = comp._make_report(elapsed).model_dump(mode="json")
             try:
-                comp._mqtt.publish(report_topic, report)
+                comp._mqtt.publish(topic, report)
             except BackpressureError as exc:
                 log.warning("controller report dropped", error=str(exc))
         if metrics_file is not None:
@@ -67,6 +119,8 @@ def instance_client(ctx: InstanceContext, **kwargs: object) -> MqttClient:
 
 def main() -> int:
     setup_logging()
+    context_path = os.environ.get(CONTEXT_ENV)
+    watcher = ContextWatcher(Path(context_path)) if context_path else None
     try:
         ctx = InstanceContext.from_env()
         _import_path(ctx)
@@ -90,7 +144,7 @@ def main() -> int:
     try:
         comp.setup()
         comp._start_inbox()  # on_message only once set up (messages wait in the inbox)
-        threading.Thread(target=_background, args=(comp, ctx), daemon=True).start()
+        threading.Thread(target=_background, args=(comp, ctx, watcher), daemon=True).start()
         if ctx.instance_dir:  # subscribed and set up: the runtime may now say Running
             (Path(ctx.instance_dir) / READY_FILE).touch()
         comp.run()

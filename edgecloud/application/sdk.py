@@ -15,6 +15,12 @@ the connection); `run()` runs on the main thread for sources and may loop until
 message is acknowledged to the broker only after its handler returned
 (`edgecloud.application.inbox`). A handler must not wait for a later message (it would
 wait behind itself).
+
+Membership is live: when the platform re-plans (a node lost or joined, an instance moved
+to another site), the instances that did not move keep running and are handed the new
+`context.peers` / `context.members`; `send` and `send_to` route by them from the next
+message on, and the optional hook `on_members` runs on the worker, in order with the
+messages.
 """
 
 from __future__ import annotations
@@ -129,6 +135,9 @@ class Component:
         self._processed = 0
         self._busy_s = 0.0
         self._filters: dict[str, Callable[[Any], bool]] = {}
+        # Replaced together when the membership changes (`_follow_membership`); readers
+        # take one reference, so a send sees the old or the new membership, never a mix.
+        self._membership_lock = threading.Lock()
         self._members = {p.instance: p for p in context.members}
         ctrl = context.controller
         policy_cls = load_class(ctrl.policy if ctrl else
@@ -154,6 +163,11 @@ class Component:
     def teardown(self) -> None:
         """Called once at shutdown, after the last message was handled."""
 
+    def on_members(self) -> None:
+        """The application's membership changed (`self.context.peers` / `.members` are
+        the new ones): a re-plan dropped, added or moved instances. Runs on the worker,
+        in order with the messages; `send` already routes by the new membership."""
+
     def on_command(self, op: str, args: dict[str, Any]) -> None:
         """Application-specific controller operations (beyond start/terminate/set/filter)."""
         self.log.warning("unknown controller operation", op=op)
@@ -177,9 +191,10 @@ class Component:
         `edgecloud.resource.mqtt.BackpressureError` (a UserError): nothing is dropped
         silently.
         """
-        peers = self.context.peers.get(component)
+        all_peers = self.context.peers  # one membership for this send (it is live)
+        peers = all_peers.get(component)
         if not peers:
-            known = ", ".join(sorted(self.context.peers)) or "none"
+            known = ", ".join(sorted(all_peers)) or "none"
             raise UserError(f"{self.component} has no connection to {component!r} "
                             f"(connections: {known}); add it to `connections` in the "
                             "topology file")
@@ -255,6 +270,33 @@ class Component:
     def _start_inbox(self) -> None:
         """Start delivering queued and new messages to the handlers."""
         self._inbox.start()
+
+    def _follow_membership(self, new: InstanceContext) -> bool:
+        """Adopt the live part (peers, members, controller sites) of `new`, this
+        instance's context as its node rewrote it; True if anything changed.
+
+        The rest of a context never changes while an instance runs (a change there
+        restarts it), so only the live part is taken."""
+        if (new.app, new.instance) != (self.app, self.name):
+            self.log.warning("context of another instance ignored", instance=new.instance)
+            return False
+        if new.live_part() == self.context.live_part():
+            return False
+        with self._membership_lock:
+            self.context = self.context.with_membership_of(new)
+            self._members = {p.instance: p for p in self.context.members}
+        self.log.info("membership updated", members=len(self._members),
+                      peers={c: len(ps) for c, ps in self.context.peers.items()})
+        self._inbox.call(self._run_on_members)
+        return True
+
+    def _run_on_members(self) -> None:
+        try:
+            self.on_members()
+        except BackpressureError:
+            raise
+        except Exception:
+            self.log.exception("on_members failed")
 
     def _stuck(self, reason: str) -> None:
         """The worker cannot go on (see `inbox.Inbox`): stop, and exit non-zero."""

@@ -1,9 +1,12 @@
 """From planned instances to the `InstanceSpec`s nodes run (with their typed contexts).
 
-What a spec contains decides when an instance restarts (its node compares digests), so
-it holds only what the instance needs: its own node, and its peers by site — not by
-node, so a peer moving within its site restarts nobody else. The site's broker and
-file-server URLs are not in it either: the node fills them from its own endpoints.
+What a spec contains decides when an instance restarts, so it holds only what the
+instance needs: its own node, and its peers by site — not by node, so a peer moving
+within its site changes nobody else's spec. The membership (peers, members, controller
+sites) is the spec's live part: when only it changes (a peer dropped, added or moved to
+another site) the node rewrites the instance's context instead of restarting it
+(`InstanceSpec.restart_digest` vs `digest`). The site's broker and file-server URLs are
+not in it either: the node fills them from its own endpoints.
 """
 
 from __future__ import annotations

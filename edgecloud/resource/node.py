@@ -78,23 +78,26 @@ class NodeRuntime:
     def _apply_assigned(self) -> None:
         endpoints = (self.broker_url, self.files_url)
         specs: list[InstanceSpec] = []
+        digests: dict[str, str] = {}
         for spec in self._assigned:
-            # The platform compares digests of what it assigned, not of the local copy.
-            self._assigned_digest[spec.key] = spec.digest()
             try:
                 specs.append(self._localise(spec, *endpoints))
             except Exception as exc:  # one bad instance must not block the others
                 log.error("cannot prepare instance", instance=spec.key, error=str(exc))
                 self._preparing[spec.key] = self._pending(spec, f"cannot prepare: {exc}")
+                continue
+            digests[spec.key] = spec.digest()
         with self._lock:
             self.runtime.apply(specs)
+            # Reported from now on: the platform compares the digests of what it assigned
+            # (not of the local copy), and `apply` has given every instance its spec (a
+            # membership change included: its context file was rewritten).
+            self._assigned_digest = digests
             alive = {s.key for s in specs}
             self._offsets = {k: v for k, v in self._offsets.items() if k in alive}
             assigned = {s.key for s in self._assigned}
             self._preparing = {k: v for k, v in self._preparing.items()
                                if k in assigned and k not in alive}
-            self._assigned_digest = {k: v for k, v in self._assigned_digest.items()
-                                     if k in assigned}
         self._applied_endpoints = endpoints
 
     def _localise(self, spec: InstanceSpec, broker_url: str, files_url: str) -> InstanceSpec:
@@ -137,8 +140,11 @@ class NodeRuntime:
     def report(self) -> tuple[list[InstanceStatus], dict[str, str]]:
         """Instance statuses (those still being prepared as Pending, with why) and new
         output per instance since the last report."""
-        statuses = [s.model_copy(update={"digest": self._assigned_digest.get(
-            f"{s.app}/{s.name}", s.digest)}) for s in self.runtime.statuses()]
+        with self._lock:  # the digests and the runtime's instances of one apply
+            digests = self._assigned_digest
+            statuses = [s.model_copy(update={"digest": digests.get(f"{s.app}/{s.name}",
+                                                                   s.digest)})
+                        for s in self.runtime.statuses()]
         running = {f"{s.app}/{s.name}" for s in statuses}
         statuses += [p for k, p in list(self._preparing.items()) if k not in running]
         logs: dict[str, str] = {}

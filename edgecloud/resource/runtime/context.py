@@ -4,8 +4,10 @@ The platform builds one `InstanceContext` per instance from the deployment plan 
 it inside the instance's `InstanceSpec`; the node fills in what only it knows (its site's
 current broker and file-server URLs, where it unpacked the code bundle) and the process
 runtime writes the result to `<instance dir>/context.json`, whose path is in the
-environment variable EDGECLOUD_CONTEXT. It lives in the resource layer because the
-node's runtime carries it; components import it from `edgecloud.application.context`.
+environment variable EDGECLOUD_CONTEXT. The membership part (`live_part`) may change while
+the instance runs: the file is then replaced atomically and the runner follows it. It
+lives in the resource layer because the node's runtime carries it; components import it
+from `edgecloud.application.context`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from edgecloud.resource.infra import Resources
 from edgecloud.schema import StrictModel
 
 CONTEXT_ENV = "EDGECLOUD_CONTEXT"
+LIVE_EXCLUDE: Any = {"peers": True, "members": True, "controller": {"sites"}}
+"""The *live* part of a context (a `model_dump` exclude): the application's membership,
+which a running instance follows without a restart (see `InstanceContext.live_part`)."""
 
 
 class Peer(StrictModel):
@@ -94,6 +99,27 @@ class InstanceContext(StrictModel):
             return cls.model_validate(json.loads(Path(path).read_text()))
         except (OSError, ValueError) as exc:
             raise UserError(f"{path}: unreadable instance context: {exc}") from None
+
+    def live_part(self) -> dict[str, Any]:
+        """The application's membership as JSON values: `peers`, `members` and which sites
+        run a local controller (`controller.sites`, where reports go).
+
+        When only this changes, the node rewrites `context.json` in place (atomically)
+        instead of restarting the instance, and the SDK runner hands the new membership to
+        the running component (`with_membership_of`); everything else needs a restart.
+        """
+        return {"peers": {c: [p.model_dump(mode="json") for p in ps]
+                          for c, ps in self.peers.items()},
+                "members": [p.model_dump(mode="json") for p in self.members],
+                "controller.sites": list(self.controller.sites) if self.controller else None}
+
+    def with_membership_of(self, other: InstanceContext) -> InstanceContext:
+        """This context with the live part (see `live_part`) of `other`."""
+        controller = self.controller
+        if controller is not None and other.controller is not None:
+            controller = controller.model_copy(update={"sites": list(other.controller.sites)})
+        return self.model_copy(update={"peers": other.peers, "members": other.members,
+                                       "controller": controller})
 
     @property
     def controller_site(self) -> str:

@@ -1,16 +1,19 @@
 """The process runtime: one OS process per instance, restarted with backoff.
 
 `ProcessRuntime.apply(specs)` makes the node run exactly `specs`: it starts what is new,
-stops what is gone, and restarts what changed (by digest). A supervision thread restarts
-crashed instances with exponential backoff (1 s doubling to 60 s, reset after 60 s of
-healthy running, like Kubernetes' CrashLoopBackOff), and `statuses()` reports state,
-restarts, the reason of the last exit, CPU and memory. Output goes to
-`<root>/<app>/<instance>/output.log`. Children die with the agent (PR_SET_PDEATHSIG), so a
-dead node's instances do not linger when they are moved elsewhere.
+stops what is gone, and restarts what changed (by `InstanceSpec.restart_digest`). An
+instance whose spec changed only in its live part (the application's membership) keeps
+running: its `context.json` is replaced atomically and its runner follows it. A
+supervision thread restarts crashed instances with exponential backoff (1 s doubling to
+60 s, reset after 60 s of healthy running, like Kubernetes' CrashLoopBackOff), and
+`statuses()` reports state, restarts, the reason of the last exit, CPU and memory. Output
+goes to `<root>/<app>/<instance>/output.log`. Children die with the agent
+(PR_SET_PDEATHSIG), so a dead node's instances do not linger when they are moved
+elsewhere.
 
 Restart counts survive the agent: `<instance dir>/starts.json` records how often an
-instance (of one digest) was started, so an instance started again by a restarted agent
-(whose crash took the instance with it) counts as restarted.
+instance (of one restart digest) was started, so an instance started again by a restarted
+agent (whose crash took the instance with it) counts as restarted.
 """
 
 from __future__ import annotations
@@ -41,12 +44,13 @@ HEALTHY_AFTER_S = 60.0
 LOG_MAX_BYTES = 20 << 20
 READY_FILE = "ready"  # written by the SDK runner once subscribed (entry instances only)
 STARTS_FILE = "starts.json"  # {"digest": ..., "starts": n}: restart counts across agents
+CONTEXT_FILE = "context.json"
 
 
 @dataclass
 class _Instance:
     spec: InstanceSpec
-    digest: str
+    restart_digest: str  # of `spec`: a change restarts the instance
     dir: Path
     proc: subprocess.Popen[bytes] | None = None
     ps: psutil.Process | None = None
@@ -80,21 +84,36 @@ class ProcessRuntime:
 
     # -- desired state -----------------------------------------------------------------
     def apply(self, specs: list[InstanceSpec]) -> None:
-        """Converge to exactly `specs` (start new, stop removed, restart changed)."""
+        """Converge to exactly `specs`: start new, stop removed, restart changed; an
+        instance whose spec changed only in its live part gets its new context file and
+        keeps running. When this returns, every context file is the one of `specs`."""
         wanted = {s.key: s for s in specs}
         with self._lock:
             for key in list(self._instances):
                 inst = self._instances[key]
-                if key not in wanted or wanted[key].digest() != inst.digest:
-                    self._terminate(inst, reason="removed" if key not in wanted else "updated")
+                new = wanted.get(key)
+                if new is None or new.restart_digest() != inst.restart_digest:
+                    self._terminate(inst, reason="removed" if new is None else "updated")
                     del self._instances[key]
+                elif new != inst.spec:
+                    self._follow_live_part(inst, new)
             for key, spec in wanted.items():
                 if key not in self._instances:
                     d = self.root / "instances" / spec.app / spec.name
                     prior = _previous_starts(d, spec)
-                    self._instances[key] = _Instance(spec, spec.digest(), d,
+                    self._instances[key] = _Instance(spec, spec.restart_digest(), d,
                                                      restarts=max(0, prior - 1),
                                                      prior_starts=prior)
+
+    def _follow_live_part(self, inst: _Instance, spec: InstanceSpec) -> None:
+        """Same restart digest, new membership: new spec and context file, no restart.
+
+        The file is replaced atomically (never read half-written); an instance not
+        started yet (backing off, or never) gets it at its start."""
+        inst.spec = spec
+        if inst.dir.exists():
+            self._write_context(inst)
+        log.info("instance membership updated", instance=spec.key)
 
     def statuses(self) -> list[InstanceStatus]:
         with self._lock:
@@ -152,8 +171,7 @@ class ProcessRuntime:
         spec = inst.spec
         inst.dir.mkdir(parents=True, exist_ok=True)
         (inst.dir / READY_FILE).unlink(missing_ok=True)
-        ctx = inst.dir / "context.json"
-        ctx.write_text(spec.context_json(str(inst.dir)))
+        ctx = self._write_context(inst)
         env = {**os.environ, **self.base_env, **spec.env, "EDGECLOUD_CONTEXT": str(ctx),
                "PYTHONUNBUFFERED": "1"}
         argv = ([self.python, "-m", "edgecloud.application.runner"] if spec.kind == "entry"
@@ -182,6 +200,12 @@ class ProcessRuntime:
         except psutil.Error:
             inst.ps = None
         log.info("instance started", instance=spec.key, pid=inst.proc.pid)
+
+    @staticmethod
+    def _write_context(inst: _Instance) -> Path:
+        path = inst.dir / CONTEXT_FILE
+        write_private(path, inst.spec.context_json(str(inst.dir)))  # atomic replace
+        return path
 
     def _terminate(self, inst: _Instance, reason: str) -> None:
         proc = inst.proc
@@ -222,17 +246,18 @@ class ProcessRuntime:
             state = "Pending"  # started, not yet subscribed to its inbox
         return InstanceStatus(
             app=inst.spec.app, name=inst.spec.name, component=inst.spec.component,
-            state=state, digest=inst.digest, restarts=inst.restarts,
+            state=state, digest=inst.spec.digest(), restarts=inst.restarts,
             pid=inst.proc.pid if inst.proc else None, exit_code=inst.exit_code,
             reason=inst.reason, started_at=inst.started_at, cpu_percent=cpu, memory_rss=rss,
             metrics=metrics)
 
 
 def _previous_starts(d: Path, spec: InstanceSpec) -> int:
-    """How often this instance (same digest) was started before, per its instance dir."""
+    """How often this instance (same restart digest) was started before, per its
+    instance dir."""
     data = _read_json(d / STARTS_FILE)
     starts = data.get("starts")
-    if data.get("digest") != spec.digest() or not isinstance(starts, int):
+    if data.get("digest") != spec.restart_digest() or not isinstance(starts, int):
         return 0
     return max(0, starts)
 
@@ -240,7 +265,7 @@ def _previous_starts(d: Path, spec: InstanceSpec) -> int:
 def _save_starts(inst: _Instance) -> None:
     try:
         write_private(inst.dir / STARTS_FILE,
-                      json.dumps({"digest": inst.digest, "starts": inst.restarts + 1}))
+                      json.dumps({"digest": inst.restart_digest, "starts": inst.restarts + 1}))
     except OSError as exc:  # counting is best effort; running the instance is not
         log.warning("cannot record instance start", instance=inst.spec.key, error=str(exc))
 

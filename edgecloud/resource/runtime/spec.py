@@ -8,11 +8,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from edgecloud.resource.runtime.context import InstanceContext
+from edgecloud.resource.runtime.context import LIVE_EXCLUDE, InstanceContext
 from edgecloud.schema import StrictModel
 
 InstanceState = Literal["Pending", "Running", "Restarting", "Failed", "Succeeded"]
-
 
 class InstanceSpec(StrictModel):
     """One instance a node must run.
@@ -21,6 +20,15 @@ class InstanceSpec(StrictModel):
     which imports `context.entry`; `kind="command"`: the agent runs `command` as given.
     `context` is written to `<instance dir>/context.json`; its path is in the environment
     variable EDGECLOUD_CONTEXT, so a command written in any language can read it.
+
+    Two parts, two digests. The *live* part is the application's membership (the
+    context's `peers`, `members` and `controller.sites`, see `InstanceContext.live_part`): when
+    only it changes, the node rewrites `context.json` in place and the running instance
+    picks it up (the SDK runner watches the file); everything else is the *restart* part,
+    and a change there restarts the instance. `restart_digest()` covers the restart part,
+    `digest()` the whole spec: the platform compares `digest()` to know whether a node has
+    what it was assigned (a node reports it once the instance runs with it), nodes compare
+    `restart_digest()` to know whether to restart.
     """
 
     app: str
@@ -41,15 +49,27 @@ class InstanceSpec(StrictModel):
         return f"{self.app}/{self.name}"
 
     def digest(self) -> str:
-        """Changes whenever anything that requires a restart changes."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        """Changes whenever anything in the spec changes (live part included)."""
+        return _digest_of(self.model_dump(mode="json"))
+
+    def restart_digest(self) -> str:
+        """Changes whenever anything that requires a restart changes (not the live part)."""
+        return _digest_of(self.model_dump(mode="json", exclude={"context": LIVE_EXCLUDE}))
+
+    def live_part(self) -> dict[str, Any]:
+        """The membership a running instance is given without a restart (JSON values)."""
+        return {} if self.context is None else self.context.live_part()
 
     def context_json(self, instance_dir: str) -> str:
         """The document written to `<instance dir>/context.json`."""
         if self.context is None:
             return json.dumps({"instance_dir": instance_dir})
         return self.context.model_copy(update={"instance_dir": instance_dir}).model_dump_json()
+
+
+def _digest_of(doc: dict[str, Any]) -> str:
+    blob = json.dumps(doc, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 class InstanceStatus(StrictModel):
@@ -59,7 +79,8 @@ class InstanceStatus(StrictModel):
     name: str
     component: str
     state: InstanceState
-    digest: str
+    digest: str = Field(description="`InstanceSpec.digest()` of the spec the instance runs "
+                                    "with (its context file rewritten for the live part)")
     restarts: int = 0
     pid: int | None = None
     exit_code: int | None = None
