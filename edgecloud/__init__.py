@@ -12,8 +12,9 @@ The public SDK for component authors:
 from edgecloud.application.control import InAppController
 from edgecloud.application.policy import BasicPolicy, Policy, Report
 from edgecloud.application.sdk import Component, Message
+from edgecloud.resource.mqtt import BackpressureError
 
 __version__ = "0.1.0"
 
-__all__ = ["BasicPolicy", "Component", "InAppController", "Message", "Policy", "Report",
-           "__version__"]
+__all__ = ["BackpressureError", "BasicPolicy", "Component", "InAppController", "Message",
+           "Policy", "Report", "__version__"]
