@@ -29,7 +29,7 @@ class _Formatter(logging.Formatter):
         return line
 
 
-class KVLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+class KVLogger(logging.LoggerAdapter):
     """Logger taking keyword fields: `log.info("joined", node="ec-1-pc")`."""
 
     def _log_kv(self, level: int, msg: str, exc_info: Any = None, **fields: Any) -> None:

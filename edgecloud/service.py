@@ -73,7 +73,7 @@ def quiet_uvicorn(app: object, listen: Endpoint, **kw: object) -> object:
 
     class _Server(uvicorn.Server):
         @contextlib.contextmanager
-        def capture_signals(self):  # type: ignore[no-untyped-def,override]
+        def capture_signals(self):
             yield
 
     config = uvicorn.Config(app, host=listen.host, port=listen.port,  # type: ignore[arg-type]

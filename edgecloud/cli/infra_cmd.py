@@ -111,7 +111,7 @@ def _run_foreground(sup: Any, h: Home, quiet: bool) -> None:
 
 def _start_with_progress(sup: Any, quiet: bool) -> RunState:
     if quiet:
-        return sup.start()  # type: ignore[no-any-return]
+        return sup.start()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("starting", total=None)
@@ -120,7 +120,7 @@ def _start_with_progress(sup: Any, quiet: bool) -> RunState:
             bar.update(task, description=f"starting {what}")
             bar.console.print(f"  [dim]•[/] {what}")
 
-        return sup.start(step)  # type: ignore[no-any-return]
+        return sup.start(step)
 
 
 def _stop_with_progress(sup: Any, quiet: bool) -> None:
@@ -237,7 +237,7 @@ def _fetch_status(home: Home, state: RunState) -> dict[str, Any]:
                         f"({exc}); is `edgecloud up` still running?", exit_code=1) from None
     if r.status_code != 200:
         raise UserError(f"platform status failed: {r.status_code} {r.text}", exit_code=1)
-    return r.json()  # type: ignore[no-any-return]
+    return r.json()
 
 
 def status_document(state: RunState, platform_status: dict[str, Any]) -> dict[str, Any]:

@@ -97,7 +97,7 @@ def history(tb: Testbed, run: str) -> dict[str, Any] | None:
     files, key = tb.files(), f"fl/{run}/history.json"
     if files.stat(key) is None:
         return None
-    return json.loads(files.get(files.ref(key)))  # type: ignore[no-any-return]
+    return json.loads(files.get(files.ref(key)))
 
 
 def run_job(tb: Testbed, settings: Settings, compression: str, bar: Progress,

@@ -92,7 +92,7 @@ class Backoff:
         self.base, self.cap, self.failures = base, cap, 0
 
     def next(self) -> float:
-        delay = min(self.cap, self.base * 2 ** self.failures)
+        delay = min(self.cap, self.base * 2.0 ** self.failures)
         self.failures += 1
         # Jitter spreads the reconnects of many agents after a platform restart.
         return delay * random.uniform(0.5, 1.0)
