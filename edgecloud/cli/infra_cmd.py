@@ -38,6 +38,11 @@ from edgecloud.resource.state import (
 DETACHED_ENV = "EDGECLOUD_DETACHED_CHILD"
 
 
+# --broker's values, typed as the Supervisor takes them.
+_BROKER_KINDS: dict[str, Literal["amqtt", "mosquitto"]] = {"amqtt": "amqtt",
+                                                           "mosquitto": "mosquitto"}
+
+
 def default_broker() -> Literal["amqtt", "mosquitto"]:
     """Mosquitto when installed (faster, persistent), amqtt (pure Python) otherwise."""
     return "mosquitto" if shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto") \
@@ -67,9 +72,9 @@ def up(
     from edgecloud.embedded.supervisor import Supervisor
 
     infra = load_infrastructure(file)
-    kind = broker or default_broker()
-    if kind not in ("amqtt", "mosquitto"):
-        raise UserError(f"--broker: expected amqtt or mosquitto, got {kind!r}")
+    kind = _BROKER_KINDS.get(broker or default_broker())
+    if kind is None:
+        raise UserError(f"--broker: expected amqtt or mosquitto, got {broker!r}")
     if kind == "mosquitto" and not (shutil.which("mosquitto")
                                     or os.path.exists("/usr/sbin/mosquitto")):
         raise UserError("--broker mosquitto: the mosquitto binary is not installed "
@@ -78,7 +83,7 @@ def up(
     if detach:
         _detach(file, h, kind, port, heartbeat)
         return
-    sup = Supervisor(infra, file, h, broker=kind, heartbeat_s=heartbeat,  # type: ignore[arg-type]
+    sup = Supervisor(infra, file, h, broker=kind, heartbeat_s=heartbeat,
                      platform_port=port)
 
     def _on_signal(signum: int, frame: Any) -> None:
