@@ -125,6 +125,7 @@ def patch_amqtt_qos1_redelivery() -> None:
                 del self._puback_waiters[pid]
         self.session.inflight_out.pop(pid, None)
 
+    # Marks the patch on the function itself (functions take attributes; mypy does not know).
     qos1_flow._edgecloud_patched = True  # type: ignore[attr-defined]
     ProtocolHandler._handle_qos1_message_flow = qos1_flow
 
@@ -184,6 +185,7 @@ def patch_amqtt_reconnect_order() -> None:
         if tasks:
             await asyncio.wait(tasks)
 
+    # Marks the patch on the function itself (see patch_amqtt_qos1_redelivery).
     publish_backlog._edgecloud_patched = True  # type: ignore[attr-defined]
     Broker._initialize_client_session = init_session
     ProtocolHandler.mqtt_publish = gated_publish
