@@ -29,8 +29,11 @@ class _Formatter(logging.Formatter):
         return line
 
 
-class KVLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+class KVLogger(logging.LoggerAdapter[logging.Logger]):
     """Logger taking keyword fields: `log.info("joined", node="ec-1-pc")`."""
+
+    # The methods below override logging's on purpose: their keywords are log fields, not
+    # logging's options (exc_info, extra, ...), hence the ignore[override] on each.
 
     def _log_kv(self, level: int, msg: str, exc_info: Any = None, **fields: Any) -> None:
         if self.logger.isEnabledFor(level):
@@ -66,4 +69,5 @@ def setup_logging(level: int = logging.INFO, stream: Any = None) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False
+    # A marker on the logger itself: it lives exactly as long as the configuration does.
     root._edgecloud_configured = True  # type: ignore[attr-defined]

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import ErrorDetails
 
 from edgecloud.errors import FileValidationError, UserError
 
@@ -37,7 +38,7 @@ def format_loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: ErrorDetails) -> str:
     msg = str(err["msg"])
     msg = msg.removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
@@ -51,7 +52,7 @@ def _describe(err: dict[str, Any]) -> str:
 
 def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
     """Turn a pydantic ValidationError into (path, message) pairs."""
-    return [(format_loc(e["loc"]), _describe(e)) for e in exc.errors()]  # type: ignore[arg-type]
+    return [(format_loc(e["loc"]), _describe(e)) for e in exc.errors()]
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -12,13 +12,17 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from edgecloud.log import setup_logging
+
+if TYPE_CHECKING:  # both load with the server, not with every service module
+    import uvicorn
+    from fastapi import FastAPI
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -61,7 +65,7 @@ def run_service(model: type[C], serve: Callable[[C], None], argv: list[str] | No
     serve(config)
 
 
-def quiet_uvicorn(app: object, listen: Endpoint, **kw: object) -> object:
+def quiet_uvicorn(app: FastAPI, listen: Endpoint, **kw: Any) -> uvicorn.Server:
     """A uvicorn Server that leaves signals to the service (no capture, no re-raise).
 
     uvicorn re-raises a captured SIGTERM after shutdown, which would make a clean stop
@@ -73,9 +77,9 @@ def quiet_uvicorn(app: object, listen: Endpoint, **kw: object) -> object:
 
     class _Server(uvicorn.Server):
         @contextlib.contextmanager
-        def capture_signals(self):  # type: ignore[no-untyped-def,override]
+        def capture_signals(self) -> Iterator[None]:
             yield
 
-    config = uvicorn.Config(app, host=listen.host, port=listen.port,  # type: ignore[arg-type]
-                            log_config=None, access_log=False, **kw)  # type: ignore[arg-type]
+    config = uvicorn.Config(app, host=listen.host, port=listen.port, log_config=None,
+                            access_log=False, **kw)
     return _Server(config)

@@ -381,3 +381,15 @@ def test_agent_follows_moved_site_endpoints(plat: PlatformProc, tmp_path: Path) 
         t.join(5)
         proxy.close()
     assert not t.is_alive() and agent.fatal is None
+
+
+def test_backoff_stays_at_the_cap_through_a_long_outage() -> None:
+    """Thousands of failed retries (a platform down for hours): no OverflowError (the old
+    `base * 2 ** failures` overflowed a float after 1024 failures and ended the agent's
+    retry loops), and every delay after the first doublings is the cap with its jitter."""
+    from edgecloud.resource.agent import Backoff
+
+    backoff = Backoff(base=0.5, cap=10.0)
+    delays = [backoff.next() for _ in range(2000)]
+    assert all(5.0 <= d <= 10.0 for d in delays[5:])
+    assert delays[0] <= 0.5

@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "check_structure.py"
 
@@ -111,7 +109,6 @@ def test_a_folder_without_the_package_is_refused(tmp_path: Path) -> None:
     assert r.returncode == 2 and "no edgecloud/ package here" in r.stderr
 
 
-@pytest.mark.xfail(strict=False, reason="other parts of issue 11 land first")
 def test_this_repository_has_the_shape_design_asks_for() -> None:
     code, out = run_tool(ROOT)
     assert code == 0, "\n".join(out)

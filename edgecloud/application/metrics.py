@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
-_KINDS = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
+M = TypeVar("M", Counter, Gauge, Histogram)
 
 
 class Metrics:
@@ -25,29 +26,29 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._metrics: dict[str, Any] = {}
+        self._metrics: dict[str, tuple[str, MetricWrapperBase]] = {}
 
-    def _get(self, kind: str, name: str, doc: str, labels: tuple[str, ...],
-             **kw: Any) -> Any:
+    def _get(self, kind: str, cls: type[M], name: str, doc: str, labels: tuple[str, ...],
+             **kw: Any) -> M:
         existing = self._metrics.get(name)
         if existing is not None:
-            if existing[0] != kind:
-                raise ValueError(f"metric {name!r} already exists as a {existing[0]}")
-            return existing[1]
-        metric = _KINDS[kind](name, doc or name, labelnames=labels, registry=self.registry,
-                              **kw)
+            existing_kind, existing_metric = existing
+            if existing_kind != kind or not isinstance(existing_metric, cls):
+                raise ValueError(f"metric {name!r} already exists as a {existing_kind}")
+            return existing_metric
+        metric = cls(name, doc or name, labelnames=labels, registry=self.registry, **kw)
         self._metrics[name] = (kind, metric)
         return metric
 
     def counter(self, name: str, doc: str = "", labels: tuple[str, ...] = ()) -> Counter:
-        return self._get("counter", name, doc, labels)  # type: ignore[no-any-return]
+        return self._get("counter", Counter, name, doc, labels)
 
     def gauge(self, name: str, doc: str = "", labels: tuple[str, ...] = ()) -> Gauge:
-        return self._get("gauge", name, doc, labels)  # type: ignore[no-any-return]
+        return self._get("gauge", Gauge, name, doc, labels)
 
     def histogram(self, name: str, doc: str = "", labels: tuple[str, ...] = (),
                   buckets: tuple[float, ...] = Histogram.DEFAULT_BUCKETS) -> Histogram:
-        return self._get("histogram", name, doc, labels, buckets=buckets)  # type: ignore[no-any-return]
+        return self._get("histogram", Histogram, name, doc, labels, buckets=buckets)
 
     def snapshot(self) -> dict[str, Any]:
         """Every sample as JSON: {"metrics": [{name, type, help, samples: [[n, labels, v]]}]}."""

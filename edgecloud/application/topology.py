@@ -24,6 +24,7 @@ import importlib.util
 import re
 import subprocess
 import sys
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ class PerNodeSpec(StrictModel):
     @field_validator("labels", mode="before")
     @classmethod
     def _strings(cls, v: Any) -> Any:
-        return NodeSpec._labels_as_strings(v)  # type: ignore[operator]
+        return NodeSpec._labels_as_strings(v)
 
 
 class ComponentSpec(StrictModel):
@@ -83,7 +84,7 @@ class ComponentSpec(StrictModel):
     @field_validator("labels", mode="before")
     @classmethod
     def _label_strings(cls, v: Any) -> Any:
-        return NodeSpec._labels_as_strings(v)  # type: ignore[operator]
+        return NodeSpec._labels_as_strings(v)
 
     @property
     def count(self) -> int:
@@ -239,7 +240,7 @@ def _infra_problems(comps: list[tuple[int, ComponentSpec]], infra: Infrastructur
             at += f" with labels {selector}"
         for attr in ("cpu", "memory", "gpu"):
             need = getattr(c.resources, attr)
-            largest = max(nodes, key=lambda n, a=attr: getattr(n.resources, a))
+            largest = max(nodes, key=attrgetter(f"resources.{attr}"))
             have = getattr(largest.resources, attr)
             if need > have:
                 problems.append((f"{where}.resources.{attr}",
@@ -409,9 +410,12 @@ def load_application(path: str | Path, infra: Infrastructure | None = None,
 def _salvage(data: dict[str, Any]) -> tuple[list[tuple[int, ComponentSpec]], list[str],
                                              list[str], ControllerSpec | None]:
     """The parts of an invalid file that are valid on their own."""
-    spec = data.get("spec") if isinstance(data.get("spec"), dict) else {}
-    raw = spec.get("components") if isinstance(spec.get("components"), list) else []
-    comps, names = [], []
+    spec_value = data.get("spec")
+    spec: dict[str, Any] = spec_value if isinstance(spec_value, dict) else {}
+    raw_value = spec.get("components")
+    raw: list[Any] = raw_value if isinstance(raw_value, list) else []
+    comps: list[tuple[int, ComponentSpec]] = []
+    names: list[str] = []
     for i, c in enumerate(raw):
         if isinstance(c, dict) and isinstance(c.get("name"), str):
             names.append(c["name"])

@@ -38,6 +38,11 @@ from edgecloud.resource.state import (
 DETACHED_ENV = "EDGECLOUD_DETACHED_CHILD"
 
 
+# --broker's values, typed as the Supervisor takes them.
+_BROKER_KINDS: dict[str, Literal["amqtt", "mosquitto"]] = {"amqtt": "amqtt",
+                                                           "mosquitto": "mosquitto"}
+
+
 def default_broker() -> Literal["amqtt", "mosquitto"]:
     """Mosquitto when installed (faster, persistent), amqtt (pure Python) otherwise."""
     return "mosquitto" if shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto") \
@@ -67,9 +72,9 @@ def up(
     from edgecloud.embedded.supervisor import Supervisor
 
     infra = load_infrastructure(file)
-    kind = broker or default_broker()
-    if kind not in ("amqtt", "mosquitto"):
-        raise UserError(f"--broker: expected amqtt or mosquitto, got {kind!r}")
+    kind = _BROKER_KINDS.get(broker or default_broker())
+    if kind is None:
+        raise UserError(f"--broker: expected amqtt or mosquitto, got {broker!r}")
     if kind == "mosquitto" and not (shutil.which("mosquitto")
                                     or os.path.exists("/usr/sbin/mosquitto")):
         raise UserError("--broker mosquitto: the mosquitto binary is not installed "
@@ -78,7 +83,7 @@ def up(
     if detach:
         _detach(file, h, kind, port, heartbeat)
         return
-    sup = Supervisor(infra, file, h, broker=kind, heartbeat_s=heartbeat,  # type: ignore[arg-type]
+    sup = Supervisor(infra, file, h, broker=kind, heartbeat_s=heartbeat,
                      platform_port=port)
 
     def _on_signal(signum: int, frame: Any) -> None:
@@ -111,7 +116,7 @@ def _run_foreground(sup: Any, h: Home, quiet: bool) -> None:
 
 def _start_with_progress(sup: Any, quiet: bool) -> RunState:
     if quiet:
-        return sup.start()  # type: ignore[no-any-return]
+        return sup.start()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("starting", total=None)
@@ -120,7 +125,7 @@ def _start_with_progress(sup: Any, quiet: bool) -> RunState:
             bar.update(task, description=f"starting {what}")
             bar.console.print(f"  [dim]•[/] {what}")
 
-        return sup.start(step)  # type: ignore[no-any-return]
+        return sup.start(step)
 
 
 def _stop_with_progress(sup: Any, quiet: bool) -> None:
@@ -237,7 +242,7 @@ def _fetch_status(home: Home, state: RunState) -> dict[str, Any]:
                         f"({exc}); is `edgecloud up` still running?", exit_code=1) from None
     if r.status_code != 200:
         raise UserError(f"platform status failed: {r.status_code} {r.text}", exit_code=1)
-    return r.json()  # type: ignore[no-any-return]
+    return r.json()
 
 
 def status_document(state: RunState, platform_status: dict[str, Any]) -> dict[str, Any]:

@@ -190,7 +190,7 @@ class _Job:
         self.s = settings
         self.config = JobConfig(global_batch=settings.global_batch, policy="equal",
                                 train_size=settings.train_size,
-                                compression=settings.compression,  # type: ignore[arg-type]
+                                compression=settings.compression,
                                 min_workers=len(settings.speeds),
                                 checkpoint=workdir / "job.pt",
                                 checkpoint_every=settings.checkpoint_every)

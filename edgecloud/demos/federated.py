@@ -100,7 +100,7 @@ def history(tb: Testbed, run: str) -> dict[str, Any] | None:
         if files.stat(key) is None:
             return None
         try:
-            return json.loads(files.get(files.ref(key)))  # type: ignore[no-any-return]
+            return json.loads(files.get(files.ref(key)))
         except FileServiceError as exc:
             # The aggregator rewrites the history every round: one written between the
             # reference and the read is refused (409, it changed); read the new one.

@@ -55,7 +55,7 @@ def ace_testbed(cameras: int | None = None) -> dict[str, object]:
     spread over the edge sites (every site keeps its edge server)."""
     doc = yaml.safe_load((EXAMPLES / "infra/ace-testbed.yaml").read_text())
     if cameras is None:
-        return doc  # type: ignore[no-any-return]
+        return doc
     edges = [s for s in doc["spec"]["sites"] if s["kind"] == "edge"]
     per_site = {s["name"]: 0 for s in edges}
     for i in range(cameras):
@@ -69,7 +69,7 @@ def ace_testbed(cameras: int | None = None) -> dict[str, object]:
                 cams += 1
             kept.append(node)
         site["nodes"] = kept
-    return doc  # type: ignore[no-any-return]
+    return doc
 
 
 def edgecloud_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

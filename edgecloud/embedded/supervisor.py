@@ -344,7 +344,7 @@ class Supervisor:
                                 f"start-up; see {svc.log}", exit_code=1)
 
     def _run_state(self, layout: Layout) -> RunState:
-        sites = [SiteRuntime(name=s.name, kind=s.kind,  # type: ignore[arg-type]
+        sites = [SiteRuntime(name=s.name, kind=s.kind,
                              broker=s.broker, files=s.files, wan_control=s.wan_control,
                              routes=s.routes) for s in layout.sites.values()]
         services = [rt for rt in (svc.runtime() for svc in self.services) if rt is not None]

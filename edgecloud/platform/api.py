@@ -56,7 +56,7 @@ root = APIRouter()
 
 
 def _p(request: Request) -> Platform:
-    return request.app.state.platform  # type: ignore[no-any-return]
+    return request.app.state.platform
 
 
 PlatformDep = Annotated[Platform, Depends(_p)]

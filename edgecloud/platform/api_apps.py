@@ -32,7 +32,7 @@ apps_api = APIRouter(prefix="/api/v1/apps", tags=["apps"])
 
 
 def _m(request: Request) -> AppManager:
-    return request.app.state.apps  # type: ignore[no-any-return]
+    return request.app.state.apps
 
 
 ManagerDep = Annotated[AppManager, Depends(_m)]

@@ -107,7 +107,7 @@ class AppManager:
             a = self._get(name)
             insts = [Instance(name=r.name, component=r.component, site=r.site, node=r.node)
                      for r in a.instances]
-            return DeploymentPlan(app=name, topology=a.application, instances=insts)
+            return DeploymentPlan(app=name, application=a.application, instances=insts)
 
     def app(self, name: str) -> AppRow:
         """The deployed app as kept since its deploy (no store read, no parse)."""

@@ -75,6 +75,8 @@ def create_app(config: PlatformConfig) -> FastAPI:
     app.include_router(api)
     app.include_router(apps_api)
     app.include_router(commands_api)
+    # Starlette types every handler as taking an Exception; each of these takes the class it
+    # is registered for (which is what Starlette passes it), hence ignore[arg-type].
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(UserError, _user_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error)

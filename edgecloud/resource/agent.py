@@ -49,6 +49,7 @@ log = get_logger("agent")
 
 LONG_POLL_S = 30.0
 MAX_BACKOFF_S = 10.0
+_MAX_DOUBLINGS = 64
 MAX_PROBLEMS = 20  # heartbeats carry at most this many (the newest)
 AssignmentHook = Callable[[Assignment], None]
 
@@ -92,7 +93,9 @@ class Backoff:
         self.base, self.cap, self.failures = base, cap, 0
 
     def next(self) -> float:
-        delay = min(self.cap, self.base * 2 ** self.failures)
+        # The exponent stops growing long past any cap: 2.0 ** 1024 overflows a float, which
+        # would end the retry loop after some hours of platform outage.
+        delay = min(self.cap, self.base * 2.0 ** min(self.failures, _MAX_DOUBLINGS))
         self.failures += 1
         # Jitter spreads the reconnects of many agents after a platform restart.
         return delay * random.uniform(0.5, 1.0)

@@ -77,10 +77,11 @@ def _check_port(config: BrokerConfig) -> None:
 try:
     from amqtt.plugins.base import BaseAuthPlugin as _BaseAuthPlugin
 except ImportError:  # pragma: no cover - amqtt is a dependency
-    _BaseAuthPlugin = object  # type: ignore[assignment,misc]
+    _BaseAuthPlugin = object
 
 
-class OpenAuthPlugin(_BaseAuthPlugin):  # type: ignore[misc,valid-type]
+# amqtt ships no type information, so its base class is Any to mypy.
+class OpenAuthPlugin(_BaseAuthPlugin):  # type: ignore[misc]
     """Accept every client without marking its session anonymous (see module docstring)."""
 
     async def authenticate(self, *, session: object) -> bool:
@@ -106,7 +107,8 @@ def patch_amqtt_qos1_redelivery() -> None:
 
     async def qos1_flow(self: Any, app_message: Any) -> None:
         if app_message.direction != OUTGOING or app_message.puback_packet or self.session is None:
-            return await original(self, app_message)
+            await original(self, app_message)
+            return
         pid = app_message.packet_id
         self.session.inflight_out[pid] = app_message  # before sending: a dead socket raises
         dup = app_message.publish_packet is not None
@@ -123,8 +125,9 @@ def patch_amqtt_qos1_redelivery() -> None:
                 del self._puback_waiters[pid]
         self.session.inflight_out.pop(pid, None)
 
+    # Marks the patch on the function itself (functions take attributes; mypy does not know).
     qos1_flow._edgecloud_patched = True  # type: ignore[attr-defined]
-    ProtocolHandler._handle_qos1_message_flow = qos1_flow  # type: ignore[method-assign]
+    ProtocolHandler._handle_qos1_message_flow = qos1_flow
 
 
 _BACKLOG = contextvars.ContextVar("edgecloud_amqtt_backlog", default=False)
@@ -182,10 +185,11 @@ def patch_amqtt_reconnect_order() -> None:
         if tasks:
             await asyncio.wait(tasks)
 
+    # Marks the patch on the function itself (see patch_amqtt_qos1_redelivery).
     publish_backlog._edgecloud_patched = True  # type: ignore[attr-defined]
-    Broker._initialize_client_session = init_session  # type: ignore[method-assign]
-    ProtocolHandler.mqtt_publish = gated_publish  # type: ignore[method-assign]
-    Broker._publish_session_retained_messages = publish_backlog  # type: ignore[method-assign]
+    Broker._initialize_client_session = init_session
+    ProtocolHandler.mqtt_publish = gated_publish
+    Broker._publish_session_retained_messages = publish_backlog
 
 
 def amqtt_config(config: BrokerConfig) -> dict[str, object]:

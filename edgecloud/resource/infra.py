@@ -33,10 +33,10 @@ def check_name(value: str) -> str:
 def _loss(value: Any) -> float:
     if isinstance(value, str) and value.strip().endswith("%"):
         value = float(value.strip()[:-1]) / 100
-    value = float(value)
-    if not 0 <= value < 1:
+    loss = float(value)
+    if not 0 <= loss < 1:
         raise ValueError("expected a loss probability in [0, 1) such as 0.01 or '1%'")
-    return value
+    return loss
 
 
 Name = Annotated[str, BeforeValidator(check_name)]

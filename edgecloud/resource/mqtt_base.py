@@ -112,6 +112,7 @@ class BaseClient:
         self._paho = PahoTransport(self.client_id, clean_session, manual_ack)
         self._paho.max_inflight_messages_set(0)  # our own window, see module docstring
         self._paho.max_queued_messages_set(0)
+        # paho annotates the delays as int but only adds them to its clock: 0.1 s works.
         self._paho.reconnect_delay_set(min_delay=0.1, max_delay=5)  # type: ignore[arg-type]
         self._paho.on_connect = self._on_connect
         self._paho.after_connack = self._after_connack

@@ -243,10 +243,13 @@ class PlatformClient:
     # -- admin ---------------------------------------------------------------------------
     def register_infrastructure(self, body: RegisterInfrastructure) -> dict[str, Any]:
         data = body.model_dump(mode="json", by_alias=True)
-        return self.request("PUT", "/infrastructure", "register infrastructure", json=data)
+        doc: dict[str, Any] = self.request("PUT", "/infrastructure", "register infrastructure",
+                                           json=data)
+        return doc
 
     def infrastructure(self) -> dict[str, Any]:
-        return self.request("GET", "/infrastructure", "get infrastructure")
+        doc: dict[str, Any] = self.request("GET", "/infrastructure", "get infrastructure")
+        return doc
 
     def sites(self) -> list[SiteInfo]:
         return [SiteInfo.model_validate(s) for s in self.request("GET", "/sites", "list sites")]
@@ -268,7 +271,8 @@ class PlatformClient:
 
     def status(self) -> dict[str, Any]:
         """`GET /status` as JSON (see `platform_status` for the typed document)."""
-        return self.request("GET", "/status", "platform status")
+        doc: dict[str, Any] = self.request("GET", "/status", "platform status")
+        return doc
 
     def platform_status(self) -> PlatformStatus:
         return PlatformStatus.model_validate(self.status())

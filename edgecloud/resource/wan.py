@@ -172,7 +172,7 @@ class WanProxy:
 async def _run(config: WanConfig) -> None:
     proxy = WanProxy(config)
     await proxy.start()
-    uv: Any = quiet_uvicorn(proxy.api(), config.control, lifespan="off")
+    uv = quiet_uvicorn(proxy.api(), config.control, lifespan="off")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -40,6 +40,8 @@ class LinkUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     up_bps: float | None = Field(None, gt=0)
     down_bps: float | None = Field(None, gt=0)
+    # The default None means "unchanged" but the types leave None out, so that an explicit
+    # null is a 422 (see below): hence ignore[assignment] on these four defaults.
     delay_s: float = Field(None, ge=0, le=60)  # type: ignore[assignment]
     jitter_s: float = Field(None, ge=0, le=60)  # type: ignore[assignment]
     loss: float = Field(None, ge=0, lt=1)  # type: ignore[assignment]

@@ -56,7 +56,7 @@ from edgecloud.ml.compression.onnx_export import (
     quantize_onnx_int8,
 )
 from edgecloud.ml.compression.prune import channel_prune, fine_tuner, magnitude_prune
-from edgecloud.ml.compression.quantize import quantize_dynamic_int8, quantize_static_int8
+from edgecloud.ml.compression.quantize import Backend, quantize_dynamic_int8, quantize_static_int8
 
 __all__ = ["METHODS", "MODELS", "CompressionReport", "Row", "Settings", "clip_crops",
            "compress"]
@@ -86,7 +86,7 @@ class Settings:
     test_limit: int | None = None
     """Fashion-MNIST test images used (None: all 10,000)."""
     latency_runs: int = 50
-    backend: str = "x86"
+    backend: Backend = "x86"
     seed: int = 0
 
 
@@ -239,7 +239,7 @@ def _fashion(method: str, s: Settings, say: Step, work: Path,
         row("int8-dynamic", q, serialized_bytes(q), None, "Linear weights int8")
     elif method == "int8-static":
         say(f"quantizing (static, FX, {s.calibration} calibration images)")
-        q = quantize_static_int8(fp32, calib, backend=s.backend)  # type: ignore[arg-type]
+        q = quantize_static_int8(fp32, calib, backend=s.backend)
         row("int8-static", q, serialized_bytes(q), None, f"backend {s.backend}")
     elif method in ("prune", "prune-channels"):
         tune = fine_tuner(xt, yt, steps=s.fine_tune_steps, seed=s.seed, progress=progress)
@@ -346,7 +346,7 @@ def _lite0(method: str, s: Settings, say: Step, work: Path) -> CompressionReport
     elif method == "int8-static":
         say(f"quantizing (static, FX, {n_cal} calibration crops)")
         q = quantize_static_int8(fp32, [calib_x[i:i + 8] for i in range(0, n_cal, 8)],
-                                 backend=s.backend)  # type: ignore[arg-type]
+                                 backend=s.backend)
         # Known defect (tests/test_compression.py, xfail): torch.ao's quantized kernels
         # lose most of Lite0's top-1 agreement here; the row says so rather than hide it.
         row("int8-static", q, serialized_bytes(q), None, f"backend {s.backend}; torch.ao PTQ "

@@ -19,8 +19,9 @@ is what the edge and cloud components run and what `profile.measure_profile` tim
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -196,15 +197,15 @@ def encode_tensor(t: torch.Tensor, int8: bool = False) -> dict[str, object]:
             "data": q.tobytes()}
 
 
-def decode_tensor(doc: dict[str, object]) -> torch.Tensor:
+def decode_tensor(doc: Mapping[str, Any]) -> torch.Tensor:
     """Inverse of `encode_tensor`."""
-    shape = [int(s) for s in doc["shape"]]  # type: ignore[attr-defined]
+    shape = [int(s) for s in doc["shape"]]
     data = doc["data"]
     if not isinstance(data, bytes | bytearray):
         raise UserError(f"tensor payload: 'data' must be bytes, got {type(data).__name__}")
     if doc.get("dtype") == "uint8":
         q = np.frombuffer(data, dtype=np.uint8).astype(np.float32)
-        a = q * float(doc["scale"]) + float(doc["zero"])  # type: ignore[arg-type]
+        a = q * float(doc["scale"]) + float(doc["zero"])
     else:
         a = np.frombuffer(data, dtype=np.float32)
     return torch.from_numpy(a.reshape(shape).copy())

@@ -373,7 +373,7 @@ def serve(config: FileServerConfig) -> None:
     except UserError as exc:
         log.error("cannot start", site=config.site, error=str(exc))
         raise SystemExit(1) from None
-    uv: Any = quiet_uvicorn(server.api(), config.listen, timeout_graceful_shutdown=5)
+    uv = quiet_uvicorn(server.api(), config.listen, timeout_graceful_shutdown=5)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: setattr(uv, "should_exit", True))
     log.info("file server up", site=config.site, url=config.listen.url("http"),

@@ -31,6 +31,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -47,16 +48,21 @@ from edgecloud.ml.training.edge_dp.wire import (
     send_frame,
 )
 
+if TYPE_CHECKING:  # torch loads in the worker's functions, after the process has started
+    import torch
+
+    from edgecloud.ml.training.compression import ErrorFeedback
+
 
 @dataclass
 class _State:
     """The worker's copy of the job: model, data, codec, error-feedback residual."""
 
     welcome: Welcome
-    model: object
-    x: object
-    y: object
-    ef: object
+    model: torch.nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    ef: ErrorFeedback
     perms: dict[int, np.ndarray] = field(default_factory=dict)
     weights: np.ndarray | None = None
 
@@ -75,6 +81,12 @@ def training_subset(seed: int, train_size: int):
         raise ValueError(f"train_size must be in 1..{len(train)}, not {train_size}")
     idx = np.sort(np.random.default_rng(seed).permutation(len(train))[:train_size])
     return train.subset(idx).tensors()
+
+
+def _gradient(p: torch.nn.Parameter) -> torch.Tensor:
+    # zero_grad(set_to_none=False) before backward() leaves every gradient a tensor.
+    assert p.grad is not None, "a parameter without a gradient after backward()"
+    return p.grad
 
 
 def _setup(welcome: Welcome) -> _State:
@@ -106,18 +118,18 @@ def _compute(st: _State, task: Task, payload: bytes, speed: float,
     else:
         st.weights = st.weights + vec
     model = st.model
-    vector_to_parameters(torch.from_numpy(st.weights), model.parameters())  # type: ignore[attr-defined]
+    vector_to_parameters(torch.from_numpy(st.weights), model.parameters())
     perm = st.perms.get(task.epoch)
     if perm is None:
         st.perms = {task.epoch: epoch_permutation(st.welcome.seed, task.epoch,
                                                   st.welcome.train_size)}
         perm = st.perms[task.epoch]
     idx = torch.from_numpy(perm[task.start:task.start + task.count])
-    model.zero_grad(set_to_none=False)  # type: ignore[attr-defined]
-    loss = F.cross_entropy(model(st.x[idx]), st.y[idx])  # type: ignore[operator,index]
+    model.zero_grad(set_to_none=False)
+    loss = F.cross_entropy(model(st.x[idx]), st.y[idx])
     loss.backward()
-    grad = parameters_to_vector(p.grad for p in model.parameters()).numpy()  # type: ignore[attr-defined]
-    body = st.ef.compress([grad])  # type: ignore[attr-defined]
+    grad = parameters_to_vector(_gradient(p) for p in model.parameters()).numpy()
+    body = st.ef.compress([grad])
     compute = time.perf_counter() - t0
     # The emulated device: this share takes count * sample_ms / speed in all.
     target = task.count * sample_ms / 1000.0 / speed

@@ -82,12 +82,13 @@ class S3Store:
         from botocore.exceptions import ClientError
 
         try:
-            body = self.s3.get_object(Bucket=self.bucket, Key=self._k(key))["Body"]
+            # boto3 is untyped; the body of an object is a binary stream (StreamingBody).
+            body: BinaryIO = self.s3.get_object(Bucket=self.bucket, Key=self._k(key))["Body"]
         except ClientError as exc:
             if _status(exc) == 404:
                 raise FileNotFoundError(f"no object {key!r} in {self._where()}") from None
             raise
-        return body  # type: ignore[no-any-return]
+        return body
 
     def local_path(self, key: str) -> Path | None:
         return None
