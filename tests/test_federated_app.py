@@ -59,10 +59,11 @@ def _wait_history(tb: Testbed, run: str, timeout: float = 30) -> dict:  # type: 
 
 @pytest.mark.slow
 def test_client_and_aggregator_dying_do_not_stop_the_job(tmp_path: Path) -> None:
-    """A client's process exits on receiving round 2: the round completes with the other
-    two after the round timeout; the platform restarts the client, which says hello
-    again, fetches the full model (it missed a version) and takes part in round 3. The
-    aggregator's process exits after round 2: restarted, it resumes from its checkpoint."""
+    """A client's process exits on receiving round 2: the platform restarts it and, since
+    an inbox message is acknowledged only once handled, the broker hands it round 2 again,
+    so the client still answers that round (before issue 11 the message was lost with the
+    process: the round went on without it). The aggregator's process exits after round
+    2: restarted, it resumes from its checkpoint."""
     if not (dataset_dir() / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip("dataset-fashion-mnist not installed")
     settings = fl.Settings(rounds=3, local_steps=10, lr=0.03, alpha=1.0, train_limit=3000,
@@ -75,11 +76,12 @@ def test_client_and_aggregator_dying_do_not_stop_the_job(tmp_path: Path) -> None
         with Progress(console=console, disable=True) as bar:
             run = fl.run_job(tb, settings, "fp32", bar, console)
         doc = fl.history(tb, run["run"])
+        restarts = {i.name: i.restarts for i in tb.client.app(fl.APP).instances}
     rounds = doc["rounds"]
+    assert restarts["client-1"] >= 1 and restarts["aggregator-0"] >= 1, restarts  # drills ran
     assert doc["resumed_from"] == 2
     assert [r["round"] for r in rounds] == [1, 2, 3]
     assert [r["ok"] for r in rounds] == [True, True, True]
-    assert rounds[1]["dropped"] == ["client-1"] and len(rounds[1]["answered"]) == 2
-    assert "client-1" in rounds[2]["answered"]  # back after its restart
-    # the returning client fetched the model again: three downloads in round 3, two in 2
-    assert rounds[2]["bytes_down"] > rounds[1]["bytes_down"] > 0
+    # the crashed client handled its redelivered round 2 after the restart
+    assert rounds[1]["dropped"] == [] and "client-1" in rounds[1]["answered"]
+    assert "client-1" in rounds[2]["answered"]
