@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from edgecloud.client import Client
 from edgecloud.config import Home
 from edgecloud.resource.state import RunState, load_run_state
 
@@ -50,6 +51,45 @@ def eventually(cond: Callable[[], bool], timeout: float = 10.0, every: float = 0
     return cond()
 
 
+def settles(value_of: Callable[[], Any], expected: Any, quiet_s: float, timeout: float = 30.0,
+            what: str = "the value", every: float = 0.05) -> None:
+    """Wait until `value_of()` reaches `expected`, then check it stays there for `quiet_s`.
+
+    For an exact count that may only grow (messages received), this replaces "sleep, then
+    assert equal": it returns as soon as the count is reached and then watches for one too
+    many (a duplicate, a late redelivery) during the quiet period. A number past `expected`
+    fails at once. Raises AssertionError naming `what` and the last value seen.
+    """
+    def reached(v: Any) -> bool:
+        numeric = isinstance(v, int | float) and isinstance(expected, int | float)
+        return v == expected or bool(numeric and v > expected)
+
+    deadline = time.monotonic() + timeout
+    value = value_of()
+    while not reached(value):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: {value!r} after {timeout}s, expected {expected!r}")
+        time.sleep(every)
+        value = value_of()
+    quiet_until = time.monotonic() + quiet_s
+    while True:
+        if value != expected:
+            raise AssertionError(f"{what}: {value!r}, expected it to stay {expected!r}")
+        if time.monotonic() >= quiet_until:
+            return
+        time.sleep(every)
+        value = value_of()
+
+
+def metric(inst: dict[str, Any], name: str) -> float:
+    """The first sample of metric family `name` of an instance in `app status --json`
+    (0 when the instance has not reported it yet)."""
+    for family in inst["metrics"].get("metrics", []):
+        if family["name"] == name:
+            return float(family["samples"][0][2])
+    return 0.0
+
+
 def collector() -> tuple[list[Any], Callable[[Any], None]]:
     """A thread-safe list and a message handler appending to it."""
     got: list[Any] = []
@@ -69,3 +109,14 @@ def embedded_run(home: Path, infra: Path = LOCAL_INFRA) -> Iterator[RunState]:
         yield load_run_state(Home(home))
     finally:
         cli("down", "--home", str(home), check=False)
+
+
+def delete_apps(home: Path, *names: str) -> None:
+    """Delete those of `names` that are deployed on the run at `home` (a module's cleanup
+    on a shared run), so that the next module finds neither their names nor their
+    reserved resources."""
+    with Client.from_home(home) as ec:
+        for name in sorted(set(names) & {a.name for a in ec.apps()}):
+            ec.delete(name)
+        left = set(names) & {a.name for a in ec.apps()}
+    assert not left, f"apps {sorted(left)} still deployed after delete"

@@ -21,18 +21,15 @@ from typing import Any
 import httpx
 import pytest
 
-from edgecloud.platform.server import PlatformConfig
-from edgecloud.procutil import free_port, spawn_command, spawn_service, stop_process, wait_port
+from edgecloud.procutil import free_port, spawn_command, stop_process
 from edgecloud.resource.agent import Agent, AgentConfig, AgentError, run_agent
 from edgecloud.resource.infra import load_infrastructure
 from edgecloud.resource.protocol import (
     Assignment,
-    PlatformClient,
-    RegisterInfrastructure,
     SiteEndpoints,
 )
 from edgecloud.resource.runtime import InstanceSpec
-from edgecloud.service import Endpoint
+from tests.conftest import PlatformProc
 from tests.support import wait_for
 
 INFRA_FILE = Path(__file__).resolve().parents[1] / "examples" / "infra" / "local.yaml"
@@ -44,60 +41,7 @@ def spec(name: str) -> InstanceSpec:
 
 
 HB = 0.3
-ADMIN = "admin-token-for-agent-tests-0123456789"
-
-
-
-
-class PlatformProc:
-    """A platform process that tests can stop and start again on the same port and DB."""
-
-    def __init__(self, d: Path) -> None:
-        self.dir = d
-        (d / "admin.token").write_text(ADMIN)
-        self.endpoint = Endpoint(port=free_port())
-        self.url = self.endpoint.url("http")
-        self.config = PlatformConfig(listen=self.endpoint,
-                                     db_url=f"sqlite:///{d / 'platform.db'}",
-                                     admin_token_file=d / "admin.token",
-                                     heartbeat_interval_s=HB)
-        self.log = d / "platform.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = spawn_service("platform", "edgecloud.platform.server", self.config, self.dir,
-                                  self.log)
-        wait_port(self.endpoint.host, self.endpoint.port, 20, self.proc, "platform", self.log)
-
-    def stop(self) -> int | None:
-        assert self.proc is not None
-        return stop_process(self.proc, timeout=10)
-
-    def admin(self) -> PlatformClient:
-        return PlatformClient(self.url, ADMIN)
-
-    def token(self, site: str) -> str:
-        with self.admin() as c:
-            return c.create_token(site).token
-
-    def state(self, site: str, name: str) -> str:
-        with self.admin() as c:
-            return c.node(site, name).state
-
-
-@pytest.fixture(scope="module")
-def plat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformProc]:
-    p = PlatformProc(tmp_path_factory.mktemp("platform"))
-    p.start()
-    infra = load_infrastructure(INFRA_FILE)
-    sites = {s.name: SiteEndpoints(broker="mqtt://127.0.0.1:1883", files="http://127.0.0.1:9000",
-                                   platform=p.url) for s in infra.spec.sites}
-    with p.admin() as c:
-        c.register_infrastructure(RegisterInfrastructure(infrastructure=infra, sites=sites))
-    try:
-        yield p
-    finally:
-        assert p.stop() == 0, p.log.read_text()
+PLATFORM_HEARTBEAT_S = HB  # of the module's platform `plat` (tests/conftest.py)
 
 
 def spawn_agent(p: PlatformProc, site: str, name: str, state_dir: Path, log: Path,
@@ -347,10 +291,8 @@ def test_failing_apply_is_reported_and_retried(plat: PlatformProc, tmp_path: Pat
 
 def _register(p: PlatformProc, broker: str) -> None:
     infra = load_infrastructure(INFRA_FILE)
-    sites = {s.name: SiteEndpoints(broker=broker, files="http://127.0.0.1:9000", platform=p.url)
-             for s in infra.spec.sites}
-    with p.admin() as c:
-        c.register_infrastructure(RegisterInfrastructure(infrastructure=infra, sites=sites))
+    p.register({s.name: SiteEndpoints(broker=broker, files="http://127.0.0.1:9000",
+                                      platform=p.url) for s in infra.spec.sites})
 
 
 def test_agent_follows_moved_site_endpoints(plat: PlatformProc, tmp_path: Path) -> None:
@@ -376,7 +318,7 @@ def test_agent_follows_moved_site_endpoints(plat: PlatformProc, tmp_path: Path) 
         assert stat.S_IMODE((state / "node.json").stat().st_mode) == 0o600
         assert agent.node is not None and agent.node.broker_url == moved
     finally:
-        _register(plat, "mqtt://127.0.0.1:1883")
+        plat.register()  # as the module fixture registered it
         stop.set()
         t.join(5)
         proxy.close()

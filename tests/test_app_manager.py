@@ -26,7 +26,7 @@ from edgecloud.procutil import free_port
 from edgecloud.resource.infra import load_infrastructure
 from edgecloud.resource.runtime import InstanceStatus
 from edgecloud.service import Endpoint
-from tests.support import LOCAL_INFRA, eventually
+from tests.support import LOCAL_INFRA, eventually, settles
 
 ADMIN = "admin-token-for-tests-0123456789"
 HB = 1.0
@@ -234,9 +234,8 @@ def test_transitions_coalesce_into_one_replan(platform: Platform, manager: AppMa
     for name in ALL:
         platform.hooks.emit(NodeTransition(node_id(name), "Ready", "test", time.time()))
     assert threading.active_count() == threads
-    assert eventually(lambda: manager.worker.passes == passes + 1, 5)
-    time.sleep(0.2)
-    assert manager.worker.passes == passes + 1
+    settles(lambda: manager.worker.passes, passes + 1, quiet_s=0.2, timeout=5,
+            what="reconcile passes")
 
 
 def test_restarted_platform_waits_for_the_nodes_it_knew(platform: Platform) -> None:

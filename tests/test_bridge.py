@@ -5,9 +5,6 @@ One cloud broker, two edge sites (ec-1, ec-2), each with its broker and bridge.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -17,55 +14,25 @@ import pytest
 
 from edgecloud.procutil import free_port, spawn_service, stop_process, wait_port
 from edgecloud.resource.bridge import Bridge, BridgeConfig, route
-from edgecloud.resource.broker import BrokerConfig, mosquitto_path
+from edgecloud.resource.broker import mosquitto_path
 from edgecloud.resource.mqtt import Delivery, MqttClient
 from edgecloud.resource.wan import LinkClient, LinkSettings, Route, WanConfig
 from edgecloud.service import Endpoint
-from tests.support import collector, eventually
+from tests.conftest import BrokerProc, ServiceProc
+from tests.support import collector, eventually, settles
 
 pytestmark = pytest.mark.timeout(90)
 
 
-class Proc:
-    """A service subprocess (broker or bridge) that can be stopped, killed and restarted."""
-
-    def __init__(self, tmp: Path, name: str, module: str, config: BrokerConfig | BridgeConfig,
-                 port: int | None = None) -> None:
-        self.tmp, self.name, self.module, self.config, self.port = tmp, name, module, config, port
-        self.log = tmp / "logs" / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Proc:
-        self.proc = spawn_service(self.name, self.module, self.config, self.tmp / "run",
-                                  self.log)
-        if self.port is not None:
-            wait_port("127.0.0.1", self.port, proc=self.proc, name=self.name, log=self.log)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(5)
-        self.proc = None
+def broker(tmp: Path, site: str, kind: str = "amqtt") -> BrokerProc:
+    return BrokerProc(tmp, kind, f"broker-{site}", site)
 
 
-def broker(tmp: Path, site: str, kind: str = "amqtt") -> Proc:
-    port = free_port()
-    cfg = BrokerConfig(site=site, listen=Endpoint(port=port), data_dir=tmp / site / "broker",
-                       kind=kind)  # type: ignore[arg-type]
-    return Proc(tmp, f"broker-{site}", "edgecloud.resource.broker", cfg, port)
-
-
-def bridge(tmp: Path, site: str, local: Proc, cloud: Proc, remote: list[str]) -> Proc:
-    cfg = BridgeConfig(site=site, local=local.config.listen,  # type: ignore[union-attr]
-                       cloud=cloud.config.listen,  # type: ignore[union-attr]
+def bridge(tmp: Path, site: str, local: BrokerProc, cloud: BrokerProc, remote: list[str]
+           ) -> ServiceProc:
+    cfg = BridgeConfig(site=site, local=local.endpoint, cloud=cloud.endpoint,
                        data_dir=tmp / site / "bridge", keepalive_s=2, remote_sites=remote)
-    return Proc(tmp, f"bridge-{site}", "edgecloud.resource.bridge", cfg)
+    return ServiceProc(tmp, f"bridge-{site}", "edgecloud.resource.bridge", cfg)
 
 
 class Topology:
@@ -85,7 +52,7 @@ class Topology:
         return self
 
     def url(self, site: str) -> str:
-        return self.brokers[site].config.listen.url("mqtt")  # type: ignore[union-attr]
+        return self.brokers[site].url
 
     def client(self, site: str, **kw: object) -> MqttClient:
         c = MqttClient(self.url(site), **kw).connect(10)  # type: ignore[arg-type]
@@ -101,8 +68,14 @@ class Topology:
             b.stop()
 
 
-
-
+def all_arrive_in_order(got: list[Delivery], n: int, topics: int, timeout: float,
+                        quiet_s: float) -> None:
+    """Wait for the n messages, check no extra copy comes for `quiet_s`, then check all
+    of them, per topic in order (on a timeout: which were lost)."""
+    if not eventually(lambda: len(got) >= n, timeout):
+        check_all_in_order(got, n, topics)
+    settles(lambda: len(got), n, quiet_s, what="messages at the subscriber (duplicates?)")
+    check_all_in_order(got, n, topics)
 
 
 def bridges_ready(topo: Topology) -> None:
@@ -114,9 +87,8 @@ def bridges_ready(topo: Topology) -> None:
 def bridge_ready(topo: Topology, site: str) -> None:
     probe_up, probe_down = collector(), collector()
     cloud, edge = topo.client("cloud"), topo.client(site)
-    cloud.subscribe(f"sites/cloud/probe/{site}", probe_up[1])
-    edge.subscribe(f"sites/{site}/probe", probe_down[1])
-    time.sleep(0.2)
+    assert cloud.subscribe(f"sites/cloud/probe/{site}", probe_up[1], wait=10)
+    assert edge.subscribe(f"sites/{site}/probe", probe_down[1], wait=10)
 
     def ping() -> bool:
         edge.publish(f"sites/cloud/probe/{site}", "up", qos=0)
@@ -145,10 +117,9 @@ def test_route() -> None:
 
 def test_edge_to_cloud_cloud_to_edge_edge_to_edge(topo: Topology) -> None:
     at_cloud, at_ec1, at_ec2 = collector(), collector(), collector()
-    topo.client("cloud").subscribe("sites/cloud/t/#", at_cloud[1])
-    topo.client("ec-1").subscribe("sites/ec-1/t/#", at_ec1[1])
-    topo.client("ec-2").subscribe("sites/ec-2/t/#", at_ec2[1])
-    time.sleep(0.3)
+    assert topo.client("cloud").subscribe("sites/cloud/t/#", at_cloud[1], wait=10)
+    assert topo.client("ec-1").subscribe("sites/ec-1/t/#", at_ec1[1], wait=10)
+    assert topo.client("ec-2").subscribe("sites/ec-2/t/#", at_ec2[1], wait=10)
     ec1 = topo.client("ec-1", src="app-ec1")
     cloud = topo.client("cloud", src="app-cloud")
     ec1.publish("sites/cloud/t/up", {"n": 1, "blob": b"\x01\x02"})
@@ -165,14 +136,15 @@ def test_edge_to_cloud_cloud_to_edge_edge_to_edge(topo: Topology) -> None:
 
 def test_local_topics_stay_local(topo: Topology) -> None:
     at_cloud, at_ec2 = collector(), collector()
-    topo.client("cloud").subscribe("#", at_cloud[1])
-    topo.client("ec-2").subscribe("#", at_ec2[1])
-    time.sleep(0.3)
+    assert topo.client("cloud").subscribe("#", at_cloud[1], wait=10)
+    assert topo.client("ec-2").subscribe("#", at_ec2[1], wait=10)
     ec1 = topo.client("ec-1")
     ec1.publish("local/sensor", 1)
     ec1.publish("sites/ec-1/own", 2)     # for this site: never leaves it
     ec1.publish("sites/cloud/marker", 3)  # does leave: proves the bridge was working
     assert eventually(lambda: any(m.topic == "sites/cloud/marker" for m in at_cloud[0]))
+    # An absence: a leak to ec-2 would take the longer way (cloud, then ec-2's bridge) than
+    # the marker took, so give it half a second.
     time.sleep(0.5)
     cloud_topics = {m.topic for m in at_cloud[0]}
     assert "local/sensor" not in cloud_topics and "sites/ec-1/own" not in cloud_topics
@@ -185,8 +157,8 @@ def test_bridge_takes_only_cross_site_traffic(tmp_path: Path) -> None:
     topo = Topology(tmp_path, edges=())
     topo.brokers["ec-1"] = broker(tmp_path, "ec-1")
     topo.start()
-    cfg = BridgeConfig(site="ec-1", local=topo.brokers["ec-1"].config.listen,  # type: ignore[union-attr]
-                       cloud=topo.brokers["cloud"].config.listen,  # type: ignore[union-attr]
+    cfg = BridgeConfig(site="ec-1", local=topo.brokers["ec-1"].endpoint,
+                       cloud=topo.brokers["cloud"].endpoint,
                        data_dir=tmp_path / "bridge", keepalive_s=2,
                        remote_sites=["cloud", "ec-2"])
     br = Bridge(cfg)
@@ -246,8 +218,7 @@ def sigkill_mid_stream(topo: Topology) -> None:
     n, topics = 1000, 4
     got, h = collector()
     sub = topo.client("cloud")
-    sub.subscribe("sites/cloud/kill/#", h)
-    time.sleep(0.3)
+    assert sub.subscribe("sites/cloud/kill/#", h, wait=10)
     pub = topo.client("ec-1")
     br = topo.bridges["ec-1"]
     for i in range(n):
@@ -260,9 +231,7 @@ def sigkill_mid_stream(topo: Topology) -> None:
         if i % 50 == 0:
             time.sleep(0.02)
     assert pub.flush(20)
-    eventually(lambda: len(got) >= n, 40)
-    time.sleep(0.5)
-    check_all_in_order(got, n, topics)
+    all_arrive_in_order(got, n, topics, timeout=40, quiet_s=0.5)
 
 
 @pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto not installed")
@@ -274,8 +243,7 @@ def test_cloud_broker_restart_loses_nothing(tmp_path: Path) -> None:
         n, topics = 600, 3
         got, h = collector()
         sub = topo.client("cloud", client_id="restart-sub", clean_session=False)
-        sub.subscribe("sites/cloud/rs/#", h)
-        time.sleep(0.3)
+        assert sub.subscribe("sites/cloud/rs/#", h, wait=10)
         pub = topo.client("ec-1")
         for i in range(n):
             pub.publish(f"sites/cloud/rs/{i % topics}", {"i": i})
@@ -287,9 +255,7 @@ def test_cloud_broker_restart_loses_nothing(tmp_path: Path) -> None:
             if i % 20 == 0:
                 time.sleep(0.01)
         assert pub.flush(20)
-        assert eventually(lambda: len(got) >= n, 40), f"only {len(got)} of {n} arrived"
-        time.sleep(0.5)
-        check_all_in_order(got, n, topics)
+        all_arrive_in_order(got, n, topics, timeout=40, quiet_s=0.5)
     finally:
         topo.stop()
 
@@ -301,28 +267,28 @@ def test_order_kept_across_repeated_wan_partitions(tmp_path: Path) -> None:
     # bytes reach the broker alongside the new connection's. Order per topic must hold.
     cloud, edge = broker(tmp_path, "cloud").start(), broker(tmp_path, "ec-1").start()
     wan_route = Route(name="mqtt", listen=Endpoint(port=free_port()),
-                      target=cloud.config.listen, initiator="edge")  # type: ignore[union-attr]
+                      target=cloud.endpoint, initiator="edge")
     wcfg = WanConfig(site="ec-1", control=Endpoint(port=free_port()), routes=[wan_route],
                      link=LinkSettings(up_bps=20e6, down_bps=40e6, delay_s=0.02),
                      state_file=tmp_path / "wan.json")
     wan = spawn_service("wan-ec-1", "edgecloud.resource.wan", wcfg, tmp_path / "run",
                         tmp_path / "logs" / "wan.log")
-    bcfg = BridgeConfig(site="ec-1", local=edge.config.listen,  # type: ignore[union-attr]
+    bcfg = BridgeConfig(site="ec-1", local=edge.endpoint,
                         cloud=wan_route.listen, data_dir=tmp_path / "bridge", keepalive_s=2,
                         remote_sites=["cloud"])
-    br = Proc(tmp_path, "bridge-ec-1", "edgecloud.resource.bridge", bcfg)
+    br = ServiceProc(tmp_path, "bridge-ec-1", "edgecloud.resource.bridge", bcfg)
     clients: list[MqttClient] = []
     try:
         wait_port("127.0.0.1", wcfg.control.port, 20, wan, "wan")
         lk = LinkClient(wcfg.control.url("http"), "ec-1")
         br.start()
         got, h = collector()
-        sub = MqttClient(cloud.config.listen.url("mqtt")).connect()  # type: ignore[union-attr]
-        pub = MqttClient(edge.config.listen.url("mqtt"), src="pub").connect()  # type: ignore[union-attr]
+        sub = MqttClient(cloud.url).connect()
+        pub = MqttClient(edge.url, src="pub").connect()
         clients += [sub, pub]
-        sub.subscribe("sites/cloud/wan/#", h)
+        assert sub.subscribe("sites/cloud/wan/#", h, wait=10)
         probe, ph = collector()
-        sub.subscribe("sites/cloud/probe", ph)
+        assert sub.subscribe("sites/cloud/probe", ph, wait=10)
         assert eventually(lambda: pub.publish("sites/cloud/probe", 0, qos=0) and bool(probe),
                           20), "bridge did not come up"
         n, topics, cuts = 1500, 3, 3
@@ -337,9 +303,7 @@ def test_order_kept_across_repeated_wan_partitions(tmp_path: Path) -> None:
                     time.sleep(seconds / per_phase)
         lk.update(partitioned=False)
         assert pub.flush(20)
-        assert eventually(lambda: len(got) >= n, 40), f"only {len(got)} of {n} arrived"
-        time.sleep(1.0)
-        check_all_in_order(got, n, topics)
+        all_arrive_in_order(got, n, topics, timeout=40, quiet_s=1.0)
     finally:
         for c in clients:
             c.close(flush_timeout=0)

@@ -16,17 +16,23 @@ from edgecloud.client import AppFailed, AppNotRunning, Client
 from edgecloud.errors import FileValidationError
 from edgecloud.resource.protocol import PlatformError
 from edgecloud.resource.state import RunState
-from tests.support import cli, embedded_run, wait_for
+from tests.support import cli, delete_apps, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
 APPS = Path(__file__).parent / "apps"
 
 
+# Deployed here (relay-demo by README's snippet), deleted at the module's end.
+MY_APPS = ("recorder", "recorder-2", "recorder-3", "faulty", "relay-demo")
+
+
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunState]:
-    with embedded_run(tmp_path_factory.mktemp("home")) as state:
-        yield state
+def run(embedded: RunState) -> Iterator[RunState]:
+    """The shared embedded run (tests/conftest.py), left without this module's apps."""
+    delete_apps(embedded.home, *MY_APPS)
+    yield embedded
+    delete_apps(embedded.home, *MY_APPS)
 
 
 @pytest.fixture(scope="module")

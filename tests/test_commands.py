@@ -9,8 +9,6 @@ commands to running components through the bridges of a whole embedded run.
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +22,8 @@ from edgecloud.application.messages import ControllerCommand
 from edgecloud.application.topology import load_application
 from edgecloud.application.wire import DeployRequest
 from edgecloud.client import Client
-from edgecloud.platform.server import PlatformConfig
-from edgecloud.procutil import free_port, spawn_service, stop_process, wait_port
-from edgecloud.resource.broker import BrokerConfig, mosquitto_path
+from edgecloud.procutil import free_port
+from edgecloud.resource.broker import mosquitto_path
 from edgecloud.resource.infra import Resources, load_infrastructure
 from edgecloud.resource.mqtt import MqttClient
 from edgecloud.resource.protocol import (
@@ -38,7 +35,8 @@ from edgecloud.resource.protocol import (
     RegisterInfrastructure,
     SiteEndpoints,
 )
-from edgecloud.service import Endpoint
+from tests.conftest import ADMIN_TOKEN as ADMIN
+from tests.conftest import BrokerProc, PlatformProc
 from tests.support import collector, eventually
 
 pytestmark = pytest.mark.timeout(120)
@@ -46,43 +44,17 @@ pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parents[1]
 INFRA_FILE = ROOT / "examples/infra/local.yaml"
 RECORDER = Path(__file__).parent / "apps/recorder/recorder.yaml"
-ADMIN = "admin-token-for-command-tests-0123"
 APP = "recorder"
 
 
-class Broker:
-    """The cloud site's broker as a service subprocess, restartable on its port."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.endpoint = Endpoint(port=free_port())
-        kind = "mosquitto" if mosquitto_path() else "amqtt"
-        self.config = BrokerConfig(site="cloud", listen=self.endpoint, data_dir=tmp / "data",
-                                   kind=kind)
-        self.proc: Any = None
-
-    @property
-    def url(self) -> str:
-        return self.endpoint.url("mqtt")
-
-    def start(self) -> Broker:
-        log = self.tmp / "broker.log"
-        self.proc = spawn_service("broker", "edgecloud.resource.broker", self.config,
-                                  self.tmp / "run", log)
-        wait_port(self.endpoint.host, self.endpoint.port, proc=self.proc, name="broker",
-                  log=log)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None
+# Long heartbeats: the nodes joined by hand below stay Ready for the whole module.
+PLATFORM_HEARTBEAT_S = 60
 
 
 @dataclass
 class Plat:
     url: str
-    broker: Broker
+    broker: BrokerProc
     node_token: str
 
     def client(self) -> Client:
@@ -90,23 +62,12 @@ class Plat:
 
 
 @pytest.fixture(scope="module")
-def plat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plat]:
-    d = tmp_path_factory.mktemp("commands")
-    broker = Broker(d / "broker").start()
-    (d / "admin.token").write_text(ADMIN)
-    ep = Endpoint(port=free_port())
-    # Long heartbeats: the nodes joined by hand below stay Ready for the whole module.
-    cfg = PlatformConfig(listen=ep, db_url=f"sqlite:///{d / 'platform.db'}",
-                         admin_token_file=d / "admin.token", heartbeat_interval_s=60)
-    proc = spawn_service("platform", "edgecloud.platform.server", cfg, d, d / "platform.log")
-    try:
-        wait_port(ep.host, ep.port, 20, proc, "platform", d / "platform.log")
-        url = ep.url("http")
-        node_token = _register_and_deploy(url, broker.url)
-        yield Plat(url, broker, node_token)
-    finally:
-        assert stop_process(proc, timeout=10) == 0, (d / "platform.log").read_text()
-        broker.stop()
+def plat(plat: PlatformProc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plat]:
+    """The module's platform (tests/conftest.py) with the cloud site's broker running,
+    two nodes Ready and the recorder app deployed."""
+    kind = "mosquitto" if mosquitto_path() else "amqtt"
+    with BrokerProc(tmp_path_factory.mktemp("commands"), kind, "broker", "cloud") as broker:
+        yield Plat(plat.url, broker, _register_and_deploy(plat.url, broker.url))
 
 
 def _register_and_deploy(url: str, cloud_broker: str) -> str:
@@ -139,14 +100,7 @@ def received(plat: Plat) -> Iterator[list[Any]]:
     """Every command message published on the cloud broker for the app, any site."""
     got, handler = collector()
     sub = MqttClient(plat.broker.url, src="test-sub").connect()
-    sub.subscribe(topics.commands("+", APP), handler)
-    # A probe on the same subscription proves the SUBSCRIBE is in place.
-    probe = topics.commands("probe", APP)
-    with MqttClient(plat.broker.url, src="probe") as p:
-        p.connect()
-        assert eventually(lambda: p.publish(probe, {"probe": 1}) and p.flush(2)
-                          and any(m.topic == probe for m in got), 10, every=0.2)
-    got.clear()
+    assert sub.subscribe(topics.commands("+", APP), handler, wait=10)
     yield got
     sub.close(flush_timeout=0)
 
@@ -241,12 +195,12 @@ def test_broker_down_is_503_and_commands_work_again_once_it_is_back(plat: Plat) 
 def test_broker_that_does_not_acknowledge_is_503(plat: Plat, received: list[Any]) -> None:
     with plat.client() as ec:
         ec.send_command(APP, "set", x=1)
-        os.killpg(plat.broker.proc.pid, signal.SIGSTOP)  # connected, but never answers
+        plat.broker.pause()  # connected, but never answers
         try:
             with pytest.raises(PlatformError) as err:
                 ec.send_command(APP, "set", x=2)
         finally:
-            os.killpg(plat.broker.proc.pid, signal.SIGCONT)
+            plat.broker.resume()
         assert err.value.status == 503
         assert "did not acknowledge the command" in err.value.detail
         received.clear()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,7 @@ import pytest
 
 from edgecloud.application.policy import BasicPolicy
 from edgecloud.resource.state import RunState
-from tests.support import cli, embedded_run
-from tests.test_apps import metric
+from tests.support import cli, delete_apps, metric, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,9 +26,11 @@ def test_basic_policy_thresholds() -> None:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunState]:
-    with embedded_run(tmp_path_factory.mktemp("home")) as state:
-        yield state
+def run(embedded: RunState) -> Iterator[RunState]:
+    """The shared embedded run (tests/conftest.py), left without this module's app."""
+    delete_apps(embedded.home, "ctrl-demo")
+    yield embedded
+    delete_apps(embedded.home, "ctrl-demo")
 
 
 def test_reports_decisions_and_aggregation(run: RunState) -> None:
@@ -46,14 +46,14 @@ def test_reports_decisions_and_aggregation(run: RunState) -> None:
                          if i["component"] == "controller")
     assert controllers == [("controller-cloud", "cloud"), ("controller-ec-1", "ec-1"),
                            ("controller-ec-2", "ec-2")]
-    deadline = time.monotonic() + 40
-    workers: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
+
+    def reporting_workers() -> list[dict[str, Any]] | None:
         workers = [i for i in status()["instances"] if i["component"] == "worker"]
-        if all(metric(w, "sites_reporting") == 2 and metric(w, "local_reports") > 0
-               for w in workers):
-            break
-        time.sleep(1)
+        done = all(metric(w, "sites_reporting") == 2 and metric(w, "local_reports") > 0
+                   for w in workers)
+        return workers if done else None
+
+    workers = wait_for(reporting_workers, 40, "both workers see both sites' reports", 0.5)
     assert len(workers) == 2
     for w in workers:
         assert metric(w, "alpha") == pytest.approx(0.7)  # from the controller's params

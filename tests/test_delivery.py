@@ -24,12 +24,11 @@ import pytest
 from edgecloud.application import topics
 from edgecloud.application.context import InstanceContext, Peer
 from edgecloud.application.inbox import HandledJournal
-from edgecloud.procutil import free_port, wait_port
-from edgecloud.resource.broker import BrokerConfig, mosquitto_conf, mosquitto_path
+from edgecloud.resource.broker import mosquitto_path
 from edgecloud.resource.codec import RecentIds
 from edgecloud.resource.mqtt import BackpressureError, MqttClient
-from edgecloud.service import Endpoint
 from tests.apps.delivery_app import Recorder
+from tests.conftest import BrokerProc
 from tests.support import collector, eventually
 
 pytestmark = [pytest.mark.timeout(90),
@@ -37,44 +36,6 @@ pytestmark = [pytest.mark.timeout(90),
 
 APPS = Path(__file__).parent / "apps"
 APP = "dl"
-
-
-class Mosquitto:
-    """A Mosquitto broker (edgecloud's configuration) that can be paused with SIGSTOP."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.endpoint = Endpoint(port=free_port())
-        cfg = BrokerConfig(site="cloud", listen=self.endpoint, data_dir=tmp / "mosquitto",
-                           kind="mosquitto")
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        conf = cfg.data_dir / "mosquitto.conf"
-        conf.write_text(mosquitto_conf(cfg))
-        with open(tmp / "mosquitto.log", "ab") as log:
-            self.proc = subprocess.Popen([str(mosquitto_path()), "-c", str(conf)],
-                                         stdout=log, stderr=subprocess.STDOUT)
-        wait_port(self.endpoint.host, self.endpoint.port, proc=self.proc, name="mosquitto")
-
-    @property
-    def url(self) -> str:
-        return self.endpoint.url("mqtt")
-
-    def pause(self) -> None:
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self.proc.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        self.resume()
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def mosq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    m = Mosquitto(tmp_path_factory.mktemp("mosq"))
-    yield m
-    m.stop()
 
 
 def context(url: str, instance: str, params: dict[str, Any], instance_dir: Path | str = ""
@@ -147,7 +108,8 @@ def test_handled_ids_journal_is_bounded_and_reloads_the_newest(tmp_path: Path) -
     assert HandledJournal(path, capacity=3).load() == ["id-7", "id-8", "id-9"]
 
 
-def test_kill_9_mid_stream_then_restart_loses_nothing(mosq: Mosquitto, tmp_path: Path) -> None:
+def test_kill_9_mid_stream_then_restart_loses_nothing(mosquitto: BrokerProc,
+                                                      tmp_path: Path) -> None:
     """Every message handled at least once across a SIGKILL, duplicates dropped by id.
 
     The old SDK acknowledged each inbox message on receipt and queued it in memory: here
@@ -156,8 +118,8 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(mosq: Mosquitto, tmp_path:
     """
     n = 1000
     out = tmp_path / "out"
-    inst = Instance(tmp_path, mosq.url, "sink-0", {"out": str(out), "delay": 0.002}).start()
-    pub = MqttClient(mosq.url, src="source-0").connect()
+    inst = Instance(tmp_path, mosquitto.url, "sink-0", {"out": str(out), "delay": 0.002}).start()
+    pub = MqttClient(mosquitto.url, src="source-0").connect()
     inbox = topics.inbox("cloud", APP, "sink-0")
     sent = [0]
 
@@ -193,14 +155,14 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(mosq: Mosquitto, tmp_path:
         inst.close()
 
 
-def test_sigterm_drains_joins_then_teardown_and_keeps_the_rest(mosq: Mosquitto,
+def test_sigterm_drains_joins_then_teardown_and_keeps_the_rest(mosquitto: BrokerProc,
                                                                tmp_path: Path) -> None:
     """Stop: the worker finishes and drains (bounded), teardown runs after the last
     on_message, and what was not handled is delivered to the next start, once."""
     n = 300
     out = tmp_path / "out"
-    inst = Instance(tmp_path, mosq.url, "sink-1", {"out": str(out), "delay": 0.02}).start()
-    pub = MqttClient(mosq.url, src="source-0").connect()
+    inst = Instance(tmp_path, mosquitto.url, "sink-1", {"out": str(out), "delay": 0.02}).start()
+    pub = MqttClient(mosquitto.url, src="source-0").connect()
     inbox = topics.inbox("cloud", APP, "sink-1")
     try:
         for i in range(n):
@@ -224,11 +186,11 @@ def test_sigterm_drains_joins_then_teardown_and_keeps_the_rest(mosq: Mosquitto,
 
 
 @contextmanager
-def running_component(mosq: Mosquitto, tmp: Path, name: str, **client_kw: Any
+def running_component(mosquitto: BrokerProc, tmp: Path, name: str, **client_kw: Any
                       ) -> Iterator[tuple[Recorder, MqttClient]]:
     """A Recorder in this process, wired as the runner wires it (subscribe, setup, inbox)."""
-    ctx = context(mosq.url, name, {"out": str(tmp / f"{name}.out")}, tmp / name)
-    client = MqttClient(mosq.url, f"{APP}.{name}", src=name, clean_session=False,
+    ctx = context(mosquitto.url, name, {"out": str(tmp / f"{name}.out")}, tmp / name)
+    client = MqttClient(mosquitto.url, f"{APP}.{name}", src=name, clean_session=False,
                         manual_ack=True, dedup=False, **client_kw)
     comp = Recorder(ctx, client)
     try:
@@ -243,15 +205,15 @@ def running_component(mosq: Mosquitto, tmp: Path, name: str, **client_kw: Any
         client.close()
 
 
-def test_slow_subscribe_handler_does_not_stall_the_connection(mosq: Mosquitto,
+def test_slow_subscribe_handler_does_not_stall_the_connection(mosquitto: BrokerProc,
                                                               tmp_path: Path) -> None:
     """A subscribe handler runs on the worker: while it sleeps past several keepalives the
     network thread keeps the connection up, acknowledges publishes, applies decisions.
     (The old SDK ran it on the network thread: decisions waited, the broker dropped the
     connection.)"""
     out = tmp_path / "slow-0.out"
-    ctl = MqttClient(mosq.url, src="controller-cloud").connect()
-    with running_component(mosq, tmp_path, "slow-0", keepalive=1) as (comp, client):
+    ctl = MqttClient(mosquitto.url, src="controller-cloud").connect()
+    with running_component(mosquitto, tmp_path, "slow-0", keepalive=1) as (comp, client):
         assert client.wait_subscribed(topics.user_topic("cloud", APP, "slow"), 10)
         ctl.publish(topics.user_topic("cloud", APP, "slow"), {"sleep": 4})
         ctl.publish(topics.inbox("cloud", APP, "slow-0"), {"i": 1})  # waits behind it
@@ -267,11 +229,11 @@ def test_slow_subscribe_handler_does_not_stall_the_connection(mosq: Mosquitto,
 
 
 def test_malformed_commands_and_decisions_are_dropped_whole(
-        mosq: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        mosquitto: BrokerProc, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Commands are parsed once (`ControllerCommand`): a malformed one is logged with the
     reason and dropped, never half-applied; the next good one applies."""
     caplog.set_level(logging.WARNING)
-    ctl = MqttClient(mosq.url, src="controller-cloud").connect()
+    ctl = MqttClient(mosquitto.url, src="controller-cloud").connect()
     commands = topics.commands("cloud", APP)
     bad: list[Any] = [
         {"component": "*", "args": {"bad1": 1}},                        # no op
@@ -287,7 +249,7 @@ def test_malformed_commands_and_decisions_are_dropped_whole(
                                               "controller command rejected",
                                               "malformed decisions"))]
 
-    with running_component(mosq, tmp_path, "cmd-0") as (comp, client):
+    with running_component(mosquitto, tmp_path, "cmd-0") as (comp, client):
         assert client.wait_subscribed(commands, 10)
         for body in bad:
             ctl.publish(commands, body)
@@ -301,19 +263,19 @@ def test_malformed_commands_and_decisions_are_dropped_whole(
     ctl.close()
 
 
-def test_acks_go_in_receive_order(mosq: Mosquitto) -> None:
+def test_acks_go_in_receive_order(mosquitto: BrokerProc) -> None:
     """An acknowledgement waits for every earlier message's (MQTT 3.1.1 4.6.0-2): with the
     first message unhandled, nothing is acknowledged and all three are redelivered."""
     def subscriber() -> tuple[MqttClient, list[Any]]:
         got, h = collector()
-        c = MqttClient(mosq.url, "ack-order", clean_session=False, manual_ack=True)
+        c = MqttClient(mosquitto.url, "ack-order", clean_session=False, manual_ack=True)
         c.subscribe("ao/x", h, ack="manual")
         c.connect()
         assert c.wait_subscribed("ao/x", 10)
         return c, got
 
     sub, got = subscriber()
-    pub = MqttClient(mosq.url).connect()
+    pub = MqttClient(mosquitto.url).connect()
     try:
         for i in range(3):
             pub.publish("ao/x", i)
@@ -336,7 +298,7 @@ def test_acks_go_in_receive_order(mosq: Mosquitto) -> None:
 
 
 def test_backpressure_blocks_then_raises_when_the_broker_stops_acking(tmp_path: Path) -> None:
-    broker = Mosquitto(tmp_path)
+    broker = BrokerProc(tmp_path, "mosquitto").start()
     pub = MqttClient(broker.url, max_inflight=10, max_queued=20, publish_timeout=1.0).connect()
     try:
         broker.pause()
@@ -365,7 +327,7 @@ def test_a_handler_stuck_on_backpressure_leaves_its_message_to_the_broker(
         tmp_path: Path) -> None:
     """on_message whose sends hit backpressure has not handled its message: it is not
     acknowledged, the instance stops with the reason, and the next start gets it again."""
-    broker = Mosquitto(tmp_path)
+    broker = BrokerProc(tmp_path, "mosquitto").start()
     out = tmp_path / "bp-0.out"
     ctl = MqttClient(broker.url, src="source-0").connect()
     inbox = topics.inbox("cloud", APP, "bp-0")
@@ -389,18 +351,18 @@ def test_a_handler_stuck_on_backpressure_leaves_its_message_to_the_broker(
         broker.stop()
 
 
-def test_subscribe_racing_reconnects_is_never_lost(mosq: Mosquitto) -> None:
+def test_subscribe_racing_reconnects_is_never_lost(mosquitto: BrokerProc) -> None:
     """Subscribes while the connection is taken over again and again (another client with
     the same id): every pattern ends up subscribed and receives. (The old client took its
     re-subscribe snapshot before setting its connected flag: a subscribe in between was
     never sent; this lost a few patterns in 2 of 3 runs.)"""
-    c = MqttClient(mosq.url, "race-sub").connect()
+    c = MqttClient(mosquitto.url, "race-sub").connect()
     got, h = collector()
     stop = threading.Event()
 
     def take_over() -> None:
         while not stop.is_set():
-            thief = MqttClient(mosq.url, "race-sub")
+            thief = MqttClient(mosquitto.url, "race-sub")
             try:
                 thief.connect(5)
             except Exception:
@@ -424,7 +386,7 @@ def test_subscribe_racing_reconnects_is_never_lost(mosq: Mosquitto) -> None:
         assert c.wait_connected(10)
         missing = [p for p in patterns if not c.wait_subscribed(p, 10)]
         assert not missing, f"{len(missing)} subscriptions lost, e.g. {missing[:5]}"
-        pub = MqttClient(mosq.url).connect()
+        pub = MqttClient(mosquitto.url).connect()
         for p in patterns:
             pub.publish(p, p)
         assert pub.flush(10)

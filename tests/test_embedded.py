@@ -24,7 +24,7 @@ from edgecloud.resource.files import FileClient
 from edgecloud.resource.mqtt import Delivery, MqttClient
 from edgecloud.resource.state import RunState, load_run_state
 from edgecloud.resource.wan import LinkClient
-from tests.support import cli, embedded_run, wait_for
+from tests.support import cli, embedded_run, settles, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "examples/infra/local.yaml"
@@ -50,8 +50,7 @@ def collector(url: str, pattern: str) -> tuple[MqttClient, list[Delivery]]:
     got: list[Delivery] = []
     c = MqttClient(url, src="test-sub")
     c.connect()
-    c.subscribe(pattern, got.append)
-    time.sleep(0.3)
+    assert c.subscribe(pattern, got.append, wait=10)
     return c, got
 
 
@@ -115,12 +114,12 @@ def test_messages_published_during_partition_arrive_in_order(run: RunState) -> N
                 pub.publish("sites/cloud/part/seq", {"i": i})
                 time.sleep(0.008)  # spread over ~10 s of partition
             assert pub.flush(10)  # the edge broker accepted all of them
+            # An absence: 10 s of partition in all, nothing may cross.
             time.sleep(max(0.0, 10 - (time.monotonic() - t0)))
             assert len(got) == 0, "nothing may cross a partitioned link"
     finally:
         lk.update(partitioned=False)
-    wait_for(lambda: len(got) >= 1000, 60, "1000 messages after heal")
-    time.sleep(0.5)
+    settles(lambda: len(got), 1000, quiet_s=0.5, timeout=60, what="messages after heal")
     assert [m.body["i"] for m in got] == list(range(1000))
     sub.close()
 

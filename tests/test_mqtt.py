@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,8 +10,7 @@ import msgpack
 import pytest
 
 from edgecloud.errors import UserError
-from edgecloud.procutil import free_port, spawn_service, stop_process, wait_port
-from edgecloud.resource.broker import BrokerConfig, mosquitto_path
+from edgecloud.procutil import free_port, spawn_service
 from edgecloud.resource.codec import (
     PayloadError,
     RecentIds,
@@ -22,8 +20,8 @@ from edgecloud.resource.codec import (
     peek_id,
 )
 from edgecloud.resource.mqtt import Delivery, MqttClient, OwnerResendClient
-from edgecloud.service import Endpoint
-from tests.support import collector, eventually
+from tests.conftest import BROKER_KINDS, BrokerProc
+from tests.support import collector, eventually, settles
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -101,46 +99,7 @@ def test_codec_rejects_unencodable_body() -> None:
         encode({"x": object()})
 
 
-# -- brokers -------------------------------------------------------------------------------
-class BrokerProc:
-    """A broker service subprocess that can be restarted on the same port."""
-
-    def __init__(self, tmp: Path, kind: str, name: str = "b") -> None:
-        self.kind, self.name, self.tmp = kind, name, tmp
-        self.endpoint = Endpoint(port=free_port())
-        self.config = BrokerConfig(site=name, listen=self.endpoint, data_dir=tmp / name,
-                                   kind=kind)  # type: ignore[arg-type]
-        self.log = tmp / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return self.endpoint.url("mqtt")
-
-    def start(self) -> BrokerProc:
-        self.proc = spawn_service(self.name, "edgecloud.resource.broker", self.config,
-                                  self.tmp / "run", self.log)
-        wait_port(self.endpoint.host, self.endpoint.port, proc=self.proc, name=self.name,
-                  log=self.log)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None
-
-
-KINDS = ["amqtt"] + (["mosquitto"] if mosquitto_path() else [])
-
-
-@pytest.fixture(scope="module", params=KINDS)
-def broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[BrokerProc]:
-    b = BrokerProc(tmp_path_factory.mktemp(request.param), request.param).start()
-    yield b
-    b.stop()
-
-
+# -- brokers: tests/conftest.py ---------------------------------------------------------
 @pytest.fixture
 def clients(broker: BrokerProc) -> Iterator[Callable[..., MqttClient]]:
     made: list[MqttClient] = []
@@ -153,10 +112,6 @@ def clients(broker: BrokerProc) -> Iterator[Callable[..., MqttClient]]:
     yield make
     for c in made:
         c.close(flush_timeout=0)
-
-
-
-
 
 
 # -- MqttClient ----------------------------------------------------------------------------
@@ -184,18 +139,16 @@ def test_wildcard_handlers(clients: Callable[..., MqttClient]) -> None:
     c.publish("w/b/temp", 2)
     c.publish("w/b/hum", 3)
     c.publish("other/x", 4)
-    assert eventually(lambda: len(hash_[0]) == 3)
-    assert eventually(lambda: len(plus[0]) == 2)
-    time.sleep(0.2)
+    # Each handler exactly its messages, and no extra copy shortly after.
+    settles(lambda: (len(hash_[0]), len(plus[0]), len(exact[0])), (3, 2, 1), quiet_s=0.2,
+            timeout=10, what="messages per handler (w/#, w/+/temp, w/a/temp)")
     assert sorted(m.body for m in plus[0]) == [1, 2]
     assert sorted(m.body for m in hash_[0]) == [1, 2, 3]
     assert [m.body for m in exact[0]] == [1]
-    c.unsubscribe("w/#")
-    time.sleep(0.2)
+    c.unsubscribe("w/#")  # its handlers are dropped at once: no wait for the UNSUBACK
     c.publish("w/a/temp", 5)
-    assert eventually(lambda: len(exact[0]) == 2)
-    time.sleep(0.2)
-    assert len(hash_[0]) == 3
+    settles(lambda: (len(exact[0]), len(hash_[0])), (2, 3), quiet_s=0.2, timeout=10,
+            what="messages at w/a/temp and the unsubscribed w/#")
 
 
 def test_malformed_and_failing_handlers_are_not_fatal(clients: Callable[..., MqttClient]) -> None:
@@ -226,8 +179,7 @@ def test_duplicate_ids_dropped(clients: Callable[..., MqttClient]) -> None:
     for _ in range(3):
         pub.publish_raw("d/x", data)
     pub.publish("d/x", "next")
-    assert eventually(lambda: len(got) == 2)
-    time.sleep(0.2)
+    settles(lambda: len(got), 2, quiet_s=0.2, timeout=10, what="messages received")
     assert [m.body for m in got] == [{"once": True}, "next"]
     assert sub.stats["duplicates_dropped"] == 2
 
@@ -276,7 +228,7 @@ def test_reconnect_after_broker_restart_resubscribes(tmp_path: Path) -> None:
         b.stop()
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", BROKER_KINDS)
 def test_broker_busy_port_fails_clearly(tmp_path: Path, kind: str) -> None:
     b = BrokerProc(tmp_path, "amqtt", "first").start()
     try:
@@ -321,13 +273,13 @@ def test_retransmit_false_leaves_resending_to_the_owner(tmp_path: Path) -> None:
         got, h = collector()
         sub.subscribe("o/#", h, wait=10)
         assert eventually(lambda: len(reconnects) == 2, 15)
-        time.sleep(0.5)
+        # An absence: 0.5 s on the new connection without any old publish resent.
+        settles(lambda: len(got), 0, quiet_s=0.5, what="old publishes resent")
         assert got == [] and pub.publish_raw("o/x", encode(-3)) is False  # not resumed yet
         assert pub.resume()
         assert pub.publish_raw("o/x", encode(100), token=100)
         assert pub.flush(10)
-        assert eventually(lambda: len(got) == 1)
-        time.sleep(0.3)
+        settles(lambda: len(got), 1, quiet_s=0.3, timeout=10, what="messages after resume")
         assert [m.body for m in got] == [100] and delivered == [0, 1, 2, 3, 4, 100]
         sub.close()
     finally:

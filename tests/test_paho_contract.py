@@ -12,18 +12,16 @@ from __future__ import annotations
 import re
 import threading
 from collections import deque
-from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
 
-from edgecloud.procutil import free_port, spawn_service, stop_process, wait_port
 from edgecloud.resource import _paho
-from edgecloud.resource.broker import BrokerConfig
 from edgecloud.resource.mqtt import MqttClient, OwnerResendClient
 from edgecloud.service import Endpoint
+from tests.conftest import BrokerProc
 from tests.support import collector, eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -50,15 +48,8 @@ def test_private_members_still_exist() -> None:
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
-    tmp = tmp_path_factory.mktemp("contract")
-    ep = Endpoint(port=free_port())
-    proc = spawn_service("broker", "edgecloud.resource.broker",
-                         BrokerConfig(site="cloud", listen=ep, data_dir=tmp / "b", kind="amqtt"),
-                         tmp / "run", tmp / "broker.log")
-    wait_port(ep.host, ep.port, 20, proc)
-    yield ep
-    stop_process(proc)
+def broker(amqtt_broker: BrokerProc) -> Endpoint:
+    return amqtt_broker.endpoint
 
 
 def test_hooks_run_in_the_order_relied_on(broker: Endpoint) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgecloud.cli.main import app as cli
-from edgecloud.platform.server import PlatformConfig
-from edgecloud.procutil import free_port, spawn_service, stop_process, wait_port
+from edgecloud.procutil import free_port
 from edgecloud.resource.infra import Resources, load_infrastructure
 from edgecloud.resource.protocol import (
     Heartbeat,
@@ -25,74 +22,25 @@ from edgecloud.resource.protocol import (
     NodeMetrics,
     PlatformClient,
     PlatformError,
-    RegisterInfrastructure,
-    SiteEndpoints,
 )
 from edgecloud.resource.runtime import InstanceSpec, InstanceStatus
 from edgecloud.resource.runtime.context import InstanceContext
 from edgecloud.resource.state import RunState, SiteRuntime
 from edgecloud.service import Endpoint
+from tests.conftest import ADMIN_TOKEN as ADMIN
+from tests.conftest import PlatformProc
+from tests.support import wait_for
 
 INFRA_FILE = Path(__file__).resolve().parents[1] / "examples" / "infra" / "local.yaml"
 HB = 0.3
+PLATFORM_HEARTBEAT_S = HB  # of the module's platform (tests/conftest.py)
 CAM = InstanceSpec(app="demo", name="cam-0", component="cam", kind="command",
                    command=["sleep", "1"], context=InstanceContext(
                        app="demo", instance="cam-0", component="cam", site="ec-1",
                        site_kind="edge", cloud_site="cloud", node="ec-1-rpi1"))
-ADMIN = "admin-token-for-tests-0123456789"
 
 
-@dataclass
-class Plat:
-    url: str
-    endpoint: Endpoint
-    dir: Path
-
-    def admin(self) -> PlatformClient:
-        return PlatformClient(self.url, ADMIN)
-
-    def http(self, token: str | None = ADMIN) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url + "/api/v1", headers=headers, timeout=10)
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def register(p: Plat) -> None:
-    infra = load_infrastructure(INFRA_FILE)
-    sites = {s.name: SiteEndpoints(broker=f"mqtt://127.0.0.1:{1883 + i}",
-                                   files=f"http://127.0.0.1:{9000 + i}", platform=p.url)
-             for i, s in enumerate(infra.spec.sites)}
-    with p.admin() as c:
-        c.register_infrastructure(RegisterInfrastructure(infrastructure=infra, sites=sites))
-
-
-@pytest.fixture(scope="module")
-def plat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plat]:
-    d = tmp_path_factory.mktemp("platform")
-    (d / "admin.token").write_text(ADMIN)
-    ep = Endpoint(port=free_port())
-    cfg = PlatformConfig(listen=ep, db_url=f"sqlite:///{d / 'platform.db'}",
-                         admin_token_file=d / "admin.token", heartbeat_interval_s=HB)
-    proc = spawn_service("platform", "edgecloud.platform.server", cfg, d, d / "platform.log")
-    try:
-        wait_port(ep.host, ep.port, 20, proc, "platform", d / "platform.log")
-        p = Plat(ep.url("http"), ep, d)
-        register(p)
-        yield p
-    finally:
-        assert stop_process(proc, timeout=10) == 0, (d / "platform.log").read_text()
-
-
-def join(p: Plat, site: str, name: str, **extra: Any) -> str:
+def join(p: PlatformProc, site: str, name: str, **extra: Any) -> str:
     """Join a node by hand; returns its node token."""
     with p.admin() as c:
         token = c.create_token(site).token
@@ -102,14 +50,14 @@ def join(p: Plat, site: str, name: str, **extra: Any) -> str:
         return c.join(req).node_token
 
 
-def beat(p: Plat, token: str, site: str, name: str) -> int:
+def beat(p: PlatformProc, token: str, site: str, name: str) -> int:
     hb = Heartbeat(metrics=NodeMetrics(cpu_percent=12.5, memory_used=1 << 20,
                                        memory_total=1 << 30))
     with PlatformClient(p.url, token) as c:
         return c.heartbeat(site, name, hb).revision
 
 
-def test_healthz_docs_and_registration(plat: Plat) -> None:
+def test_healthz_docs_and_registration(plat: PlatformProc) -> None:
     assert httpx.get(plat.url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(plat.url + "/docs").status_code == 200
     openapi = httpx.get(plat.url + "/openapi.json").json()
@@ -122,7 +70,7 @@ def test_healthz_docs_and_registration(plat: Plat) -> None:
     ok = openapi["paths"]["/api/v1/apps/{name}"]["get"]["responses"]["200"]
     assert ok["content"]["application/json"]["schema"]["$ref"].endswith("/AppDetail")
     assert schemas["InstanceContext"]["additionalProperties"] is False
-    register(plat)  # idempotent
+    plat.register()  # idempotent
     with plat.admin() as c:
         assert c.infrastructure()["metadata"]["name"] == "local"
         assert [s.name for s in c.sites()] == ["cloud", "ec-1", "ec-2"]
@@ -133,7 +81,7 @@ def test_healthz_docs_and_registration(plat: Plat) -> None:
             "camera": "true"}
 
 
-def test_auth_rules(plat: Plat) -> None:
+def test_auth_rules(plat: PlatformProc) -> None:
     with plat.http(None) as h:
         r = h.get("/nodes")
         assert r.status_code == 401 and "bearer" in r.json()["detail"]
@@ -155,7 +103,7 @@ def test_auth_rules(plat: Plat) -> None:
         assert r.status_code == 422 and "bogus" in r.json()["detail"]
 
 
-def test_join_tokens(plat: Plat) -> None:
+def test_join_tokens(plat: PlatformProc) -> None:
     with plat.admin() as c:
         with pytest.raises(PlatformError) as e:
             c.create_token("nowhere")
@@ -174,7 +122,7 @@ def test_join_tokens(plat: Plat) -> None:
         with pytest.raises(PlatformError) as e:
             c.join(req)
         assert e.value.status == 401 and "already used" in e.value.detail
-    time.sleep(0.3)
+    time.sleep(0.3)  # the clock must pass the short token's 0.2 s lifetime: no condition
     with PlatformClient(plat.url, short.token) as c, pytest.raises(PlatformError) as e:
         c.join(req)
     assert e.value.status == 401 and "expired" in e.value.detail
@@ -182,7 +130,7 @@ def test_join_tokens(plat: Plat) -> None:
         assert h.get("/nodes/ec-1/ec-1-pc/assignment").status_code == 200
 
 
-def test_extension_node_and_name_clash(plat: Plat) -> None:
+def test_extension_node_and_name_clash(plat: PlatformProc) -> None:
     token = join(plat, "ec-1", "ec-1-extra", labels={"gpu": "no"})
     assert beat(plat, token, "ec-1", "ec-1-extra") == 0
     with plat.admin() as c:
@@ -196,15 +144,15 @@ def test_extension_node_and_name_clash(plat: Plat) -> None:
         assert h.get("/nodes/ec-1/ec-1-extra/assignment").status_code == 401
 
 
-def test_readiness_follows_heartbeats(plat: Plat) -> None:
+def test_readiness_follows_heartbeats(plat: PlatformProc) -> None:
     token = join(plat, "cloud", "cc-1")
     with plat.admin() as c:
         assert c.node("cloud", "cc-1").state == "NotReady"
         t0 = time.monotonic()
         beat(plat, token, "cloud", "cc-1")
         assert c.node("cloud", "cc-1").state == "Ready"
-        wait_until(lambda: c.node("cloud", "cc-1").state == "NotReady", 3 * HB + 1.0,
-                   "NotReady after missed beats")
+        wait_for(lambda: c.node("cloud", "cc-1").state == "NotReady", 3 * HB + 1.0,
+                 "NotReady after missed beats", every=0.05)
         assert time.monotonic() - t0 >= 3 * HB
         beat(plat, token, "cloud", "cc-1")
         assert c.node("cloud", "cc-1").state == "Ready"
@@ -213,7 +161,7 @@ def test_readiness_follows_heartbeats(plat: Plat) -> None:
     assert kinds[:4] == ["node.joined", "node.ready", "node.not_ready", "node.ready"]
 
 
-def test_long_poll(plat: Plat) -> None:
+def test_long_poll(plat: PlatformProc) -> None:
     token = join(plat, "ec-1", "ec-1-rpi1", labels={"zone": "a"}, resources=None,
                  detected=Resources(cpu=64))
     with plat.admin() as admin:  # declared labels and resources survive a bare join
@@ -230,6 +178,8 @@ def test_long_poll(plat: Plat) -> None:
         poller = threading.Thread(target=lambda: got.append(
             c.assignment("ec-1", "ec-1-rpi1", after=first.revision, wait=20)))
         poller.start()
+        # Let the poll reach the platform first (not observable from here); if it comes
+        # late, it returns at once and the timing below holds anyway.
         time.sleep(0.3)
         t0 = time.monotonic()
         with plat.http() as h:
@@ -242,7 +192,7 @@ def test_long_poll(plat: Plat) -> None:
     assert isinstance(got[0].instances[0].context, InstanceContext)
 
 
-def test_status_and_metrics(plat: Plat) -> None:
+def test_status_and_metrics(plat: PlatformProc) -> None:
     token = join(plat, "ec-1", "ec-1-pc")
     beat(plat, token, "ec-1", "ec-1-pc")
     with plat.admin() as c:
@@ -262,7 +212,7 @@ def test_status_and_metrics(plat: Plat) -> None:
     assert 'edgecloud_node_heartbeats_total{node="ec-1-pc",site="ec-1"}' in text
 
 
-def test_other_infrastructure_refused(plat: Plat) -> None:
+def test_other_infrastructure_refused(plat: PlatformProc) -> None:
     data = load_infrastructure(INFRA_FILE).model_dump(by_alias=True)
     data["metadata"]["name"] = "other"
     sites = {s["name"]: {"broker": "mqtt://x:1", "files": "http://x:2", "platform": plat.url}
@@ -276,7 +226,7 @@ def test_other_infrastructure_refused(plat: Plat) -> None:
         assert r.status_code == 422 and "ec-2" in r.json()["detail"]
 
 
-def test_token_create_command(plat: Plat, tmp_path: Path) -> None:
+def test_token_create_command(plat: PlatformProc, tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     (home / "admin.token").write_text(ADMIN)
@@ -305,7 +255,7 @@ def test_token_create_command(plat: Plat, tmp_path: Path) -> None:
     assert r.exit_code != 0 and "no edgecloud infrastructure is running" in r.output
 
 
-def test_typed_heartbeat_and_assignment_round_trip(plat: Plat) -> None:
+def test_typed_heartbeat_and_assignment_round_trip(plat: PlatformProc) -> None:
     """Instances travel as typed models both ways; unknown keys are refused (422)."""
     token = join(plat, "ec-2", "ec-2-typed")
     status = InstanceStatus(app="demo", name="cam-0", component="cam", state="Running",
@@ -348,7 +298,7 @@ def deploy_body(name: str = "worker", extra: str = "") -> dict[str, Any]:
     return {"topology": yaml.safe_load(APP % (name, extra))}
 
 
-def test_api_errors_are_mapped_in_one_place(plat: Plat) -> None:
+def test_api_errors_are_mapped_in_one_place(plat: PlatformProc) -> None:
     """Each kind of user error has its status, with a readable `detail`, from the one
     exception mapping (no route catches errors itself)."""
     token = join(plat, "cloud", "cc-api", resources=Resources(cpu=2, memory=1 << 30))

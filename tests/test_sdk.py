@@ -11,10 +11,8 @@ from pathlib import Path
 import pytest
 
 from edgecloud.application.context import ControllerInfo, InstanceContext, Peer
-from edgecloud.procutil import free_port, spawn_service, stop_process, wait_port
-from edgecloud.resource.broker import BrokerConfig
 from edgecloud.resource.runtime import InstanceSpec, ProcessRuntime
-from edgecloud.service import Endpoint
+from tests.conftest import BrokerProc
 from tests.support import wait_for
 
 APPS = Path(__file__).parent / "apps"
@@ -22,13 +20,10 @@ APPS = Path(__file__).parent / "apps"
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[str]:
-    ep = Endpoint(port=free_port())
-    proc = spawn_service("broker", "edgecloud.resource.broker",
-                         BrokerConfig(site="cloud", listen=ep, data_dir=tmp_path / "b",
-                                      kind="amqtt"), tmp_path / "run", tmp_path / "broker.log")
-    wait_port(ep.host, ep.port, 20, proc)
-    yield ep.url("mqtt")
-    stop_process(proc)
+    # One per test: the instances' persistent sessions (same client ids in every test)
+    # must not carry messages from one test into the next.
+    with BrokerProc(tmp_path, "amqtt") as b:
+        yield b.url
 
 
 def wait_json(path: Path, pred: object, timeout: float = 20.0) -> dict:  # type: ignore[type-arg]

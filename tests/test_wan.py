@@ -190,13 +190,13 @@ def test_partition_holds_bytes_and_heal_delivers_them(proxy: Proxy) -> None:
     result: dict[str, str] = {}
     t_old = threading.Thread(target=lambda: result.update(old=send_all(proxy.sink, old)[0]))
     t_old.start()  # a connection open before the cut, cut in the middle of its transfer
-    time.sleep(0.5)
+    time.sleep(0.5)  # a quarter into its 2 s transfer: the timing is the test
     proxy.control.update(partitioned=True)
     t_new = threading.Thread(target=lambda: result.update(new=send_all(proxy.sink, new)[0]))
     t_new.start()  # a connection accepted during the cut
     time.sleep(0.2)  # chunks already on the wire may still leave the serialiser
     during = proxy.control.status()
-    time.sleep(1.2)
+    time.sleep(1.2)  # an absence: 1.2 s of partition during which no byte may pass
     after = proxy.control.status()
     assert t_old.is_alive() and t_new.is_alive()
     assert after.bytes_up == during.bytes_up
