@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -18,11 +19,18 @@ import httpx
 import pytest
 from pydantic import BaseModel
 
+from edgecloud.platform.apps import AppManager
+from edgecloud.platform.core import Platform
 from edgecloud.platform.server import PlatformConfig
 from edgecloud.procutil import free_port, spawn_service, stop_process, wait_port
 from edgecloud.resource.broker import BrokerConfig, mosquitto_path
 from edgecloud.resource.infra import load_infrastructure
-from edgecloud.resource.protocol import PlatformClient, RegisterInfrastructure, SiteEndpoints
+from edgecloud.resource.protocol import (
+    PlatformClient,
+    RegisterInfrastructure,
+    SiteEndpoints,
+    SiteInfo,
+)
 from edgecloud.resource.state import RunState
 from edgecloud.service import Endpoint
 from tests.support import LOCAL_INFRA, embedded_run
@@ -208,6 +216,42 @@ def running_platform(d: Path, heartbeat_interval_s: float = 0.3, *, register: bo
     finally:
         if p.proc is not None:
             assert p.stop() == 0, p.log.read_text()
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Iterator[Platform]:
+    """The platform core in this process (SQLite store, hooks; no HTTP served) with
+    LOCAL_INFRA registered, its start-up grace over, 1 s heartbeats: node liveness is set
+    exactly by the test (`record_heartbeat`, `mark_not_ready`)."""
+    (tmp_path / "admin.token").write_text(ADMIN_TOKEN)
+    cfg = PlatformConfig(listen=Endpoint(port=free_port()),
+                         db_url=f"sqlite:///{tmp_path / 'platform.db'}",
+                         admin_token_file=tmp_path / "admin.token", heartbeat_interval_s=1.0)
+    p = Platform(cfg)
+    infra = load_infrastructure(LOCAL_INFRA)
+    sites = [SiteInfo(name=s.name, kind=s.kind, broker=f"mqtt://127.0.0.1:{1883 + i}",
+                      files=f"http://127.0.0.1:{9000 + i}", platform="http://127.0.0.1:1")
+             for i, s in enumerate(infra.spec.sites)]
+    node_rows = [{"id": infra.node_id(s.name, n.name), "site": s.name, "name": n.name,
+                  "labels": n.labels, "resources": n.resources.model_dump(), "speed": n.speed}
+                 for s in infra.spec.sites for n in s.nodes]
+    p.store.infra.put(infra.name, infra.model_dump(mode="json", by_alias=True), sites,
+                      node_rows)
+    p.started_at = time.time() - 60  # the start-up grace period is over
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@pytest.fixture
+def manager(platform: Platform) -> Iterator[AppManager]:
+    """The application controller on `platform`, re-planning with a short debounce."""
+    m = AppManager(platform, debounce_s=0.05)
+    try:
+        yield m
+    finally:
+        m.close()
 
 
 @pytest.fixture(scope="module")

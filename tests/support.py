@@ -120,3 +120,9 @@ def delete_apps(home: Path, *names: str) -> None:
             ec.delete(name)
         left = set(names) & {a.name for a in ec.apps()}
     assert not left, f"apps {sorted(left)} still deployed after delete"
+
+
+def node_id(name: str) -> str:
+    """The id of a node of LOCAL_INFRA from its name (`ec-1-pc` -> `local/ec-1/ec-1-pc`)."""
+    site = "cloud" if name.startswith("cc") else name.rsplit("-", 1)[0]
+    return f"local/{site}/{name}"

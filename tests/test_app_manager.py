@@ -6,8 +6,6 @@ instances say why, and stored topologies are parsed once."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import yaml
@@ -17,56 +15,14 @@ from edgecloud.application.topology import Application
 from edgecloud.application.wire import DeployRequest
 from edgecloud.platform.api_apps import instance_views
 from edgecloud.platform.apps import AppManager
-from edgecloud.platform.core import Platform, PlatformConfig
+from edgecloud.platform.core import Platform
 from edgecloud.platform.orchestrator import PlacementError
-from edgecloud.platform.store import SiteRow
 from edgecloud.platform.store.schema import apps as apps_table
 from edgecloud.platform.store.schema import nodes as nodes_table
-from edgecloud.procutil import free_port
-from edgecloud.resource.infra import load_infrastructure
 from edgecloud.resource.runtime import InstanceStatus
-from edgecloud.service import Endpoint
-from tests.support import LOCAL_INFRA, eventually, settles
+from tests.support import eventually, node_id, settles
 
-ADMIN = "admin-token-for-tests-0123456789"
 HB = 1.0
-
-
-@pytest.fixture
-def platform(tmp_path: Path) -> Iterator[Platform]:
-    (tmp_path / "admin.token").write_text(ADMIN)
-    cfg = PlatformConfig(listen=Endpoint(port=free_port()),
-                         db_url=f"sqlite:///{tmp_path / 'platform.db'}",
-                         admin_token_file=tmp_path / "admin.token", heartbeat_interval_s=HB)
-    p = Platform(cfg)
-    infra = load_infrastructure(LOCAL_INFRA)
-    sites = [SiteRow(name=s.name, kind=s.kind, broker=f"mqtt://127.0.0.1:{1883 + i}",
-                     files=f"http://127.0.0.1:{9000 + i}", platform="http://127.0.0.1:1")
-             for i, s in enumerate(infra.spec.sites)]
-    node_rows = [{"id": infra.node_id(s.name, n.name), "site": s.name, "name": n.name,
-                  "labels": n.labels, "resources": n.resources.model_dump(), "speed": n.speed}
-                 for s in infra.spec.sites for n in s.nodes]
-    p.store.infra.put(infra.name, infra.model_dump(mode="json", by_alias=True), sites,
-                      node_rows)
-    p.started_at = time.time() - 60  # the start-up grace period is over
-    try:
-        yield p
-    finally:
-        p.close()
-
-
-@pytest.fixture
-def manager(platform: Platform) -> Iterator[AppManager]:
-    m = AppManager(platform, debounce_s=0.05)
-    try:
-        yield m
-    finally:
-        m.close()
-
-
-def node_id(name: str) -> str:
-    site = "cloud" if name.startswith("cc") else name.rsplit("-", 1)[0]
-    return f"local/{site}/{name}"
 
 
 def beat(p: Platform, *names: str, statuses: list[InstanceStatus] | None = None) -> None:

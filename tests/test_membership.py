@@ -8,11 +8,9 @@ topics name the site, so routing by site is exercised; the bridge is not).
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,81 +25,17 @@ from edgecloud.application.wire import DeployRequest, InstanceView
 from edgecloud.config import write_private
 from edgecloud.platform.api_apps import instance_views
 from edgecloud.platform.apps import AppManager
-from edgecloud.platform.core import Platform, PlatformConfig
-from edgecloud.platform.store import SiteRow
-from edgecloud.procutil import free_port, wait_port
-from edgecloud.resource.broker import BrokerConfig, mosquitto_conf, mosquitto_path
-from edgecloud.resource.infra import load_infrastructure
+from edgecloud.platform.core import Platform
+from edgecloud.resource.broker import mosquitto_path
 from edgecloud.resource.mqtt import MqttClient
 from edgecloud.resource.node import NodeRuntime
 from edgecloud.resource.runtime import InstanceSpec
-from edgecloud.service import Endpoint
-from tests.support import LOCAL_INFRA, collector, eventually
+from tests.conftest import BrokerProc
+from tests.support import collector, eventually, node_id
 
 APPS = Path(__file__).parent / "apps"
 needs_mosquitto = pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto not installed")
 ALL = ("cc-1", "ec-1-pc", "ec-1-rpi1", "ec-2-rpi1")  # the nodes of LOCAL_INFRA
-
-
-# Self-contained on purpose (tests/ fixtures are being gathered into a conftest.py): a
-# broker and an in-process platform core, as in tests/test_delivery.py and
-# tests/test_app_manager.py.
-@contextmanager
-def mosquitto(tmp: Path) -> Iterator[str]:
-    """A Mosquitto broker with edgecloud's configuration; yields its URL."""
-    endpoint = Endpoint(port=free_port())
-    cfg = BrokerConfig(site="cloud", listen=endpoint, data_dir=tmp / "mosquitto",
-                       kind="mosquitto")
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    conf = cfg.data_dir / "mosquitto.conf"
-    conf.write_text(mosquitto_conf(cfg))
-    with open(tmp / "mosquitto.log", "ab") as log:
-        proc = subprocess.Popen([str(mosquitto_path()), "-c", str(conf)], stdout=log,
-                                stderr=subprocess.STDOUT)
-    try:
-        wait_port(endpoint.host, endpoint.port, proc=proc, name="mosquitto")
-        yield endpoint.url("mqtt")
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-@pytest.fixture
-def platform(tmp_path: Path) -> Iterator[Platform]:
-    """The platform core on SQLite with LOCAL_INFRA registered (no HTTP served)."""
-    (tmp_path / "admin.token").write_text("admin-token-for-tests-0123456789")
-    p = Platform(PlatformConfig(listen=Endpoint(port=free_port()),
-                                db_url=f"sqlite:///{tmp_path / 'platform.db'}",
-                                admin_token_file=tmp_path / "admin.token",
-                                heartbeat_interval_s=1.0))
-    infra = load_infrastructure(LOCAL_INFRA)
-    sites = [SiteRow(name=s.name, kind=s.kind, broker="mqtt://127.0.0.1:1",
-                     files="http://127.0.0.1:1", platform="http://127.0.0.1:1")
-             for s in infra.spec.sites]
-    node_rows = [{"id": infra.node_id(s.name, n.name), "site": s.name, "name": n.name,
-                  "labels": n.labels, "resources": n.resources.model_dump(), "speed": n.speed}
-                 for s in infra.spec.sites for n in s.nodes]
-    p.store.infra.put(infra.name, infra.model_dump(mode="json", by_alias=True), sites,
-                      node_rows)
-    p.started_at = time.time() - 60  # the start-up grace period is over
-    try:
-        yield p
-    finally:
-        p.close()
-
-
-@pytest.fixture
-def manager(platform: Platform) -> Iterator[AppManager]:
-    m = AppManager(platform, debounce_s=0.05)
-    try:
-        yield m
-    finally:
-        m.close()
-
-
-def node_id(name: str) -> str:
-    site = "cloud" if name.startswith("cc") else name.rsplit("-", 1)[0]
-    return f"local/{site}/{name}"
 
 
 # -- the digests -----------------------------------------------------------------------------
@@ -214,8 +148,8 @@ def test_the_watcher_sees_every_replacement_of_the_context_file(tmp_path: Path) 
 def test_send_to_and_controller_commands_follow_the_membership(tmp_path: Path) -> None:
     """A controller (a Component) handed a new membership addresses the new sites: its
     commands and `send_to` go to where the instances are now, at once."""
-    with mosquitto(tmp_path) as url:
-        _controller_follows_membership(url)
+    with BrokerProc(tmp_path, "mosquitto") as broker:
+        _controller_follows_membership(broker.url)
 
 
 def _controller_follows_membership(url: str) -> None:
@@ -328,9 +262,8 @@ def _site(node: str) -> str:
 
 @pytest.fixture
 def cluster(platform: Platform, manager: AppManager, tmp_path: Path) -> Iterator[Cluster]:
-    (tmp_path / "broker").mkdir()
-    with mosquitto(tmp_path / "broker") as url:
-        c = Cluster(platform, manager, tmp_path / "nodes", url)
+    with BrokerProc(tmp_path, "mosquitto") as broker:
+        c = Cluster(platform, manager, tmp_path / "nodes", broker.url)
         try:
             yield c
         finally:

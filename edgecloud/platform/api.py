@@ -30,7 +30,7 @@ from edgecloud.platform.auth import (
 from edgecloud.platform.core import Platform
 from edgecloud.platform.hooks import NodeTransition
 from edgecloud.platform.monitor import platform_status
-from edgecloud.platform.store import EventRow, NodeRow, SiteRow
+from edgecloud.platform.store import EventRow, NodeRow
 from edgecloud.resource.infra import Resources, semantic_problems
 from edgecloud.resource.protocol import (
     Assignment,
@@ -103,7 +103,7 @@ def put_infrastructure(body: RegisterInfrastructure, p: PlatformDep,
     if current is not None and current.name != infra.name:
         raise HTTPException(409, f"this platform manages infrastructure {current.name!r}, not "
                                  f"{infra.name!r}; use a separate platform (or database)")
-    site_rows = [SiteRow(name=s.name, kind=s.kind, **body.sites[s.name].model_dump())
+    site_rows = [SiteInfo(name=s.name, kind=s.kind, **body.sites[s.name].model_dump())
                  for s in infra.spec.sites]
     node_rows = [{"id": infra.node_id(s.name, n.name), "site": s.name, "name": n.name,
                   "labels": n.labels, "resources": n.resources.model_dump(), "speed": n.speed}
@@ -139,7 +139,7 @@ def get_infrastructure(p: PlatformDep, _: AdminDep) -> dict[str, Any]:
 
 @api.get("/sites", tags=["infrastructure"])
 def get_sites(p: PlatformDep, _: AdminDep) -> list[SiteInfo]:
-    return [SiteInfo.model_validate(s.model_dump()) for s in p.store.infra.sites()]
+    return p.store.infra.sites()
 
 
 @api.get("/nodes", tags=["nodes"])

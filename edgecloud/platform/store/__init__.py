@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from edgecloud.platform.store.apps import AppRepository, AppRow, InstanceRow
 from edgecloud.platform.store.events import EventRepository, EventRow
-from edgecloud.platform.store.infra import InfraRepository, InfraRow, SiteRow
+from edgecloud.platform.store.infra import InfraRepository, InfraRow
 from edgecloud.platform.store.logs import LogRepository, LogRow
 from edgecloud.platform.store.nodes import HeartbeatAge, NodeRef, NodeRepository, NodeRow
 from edgecloud.platform.store.schema import make_engine
@@ -40,4 +40,4 @@ class Store:
 
 
 __all__ = ["AppRow", "EventRow", "HeartbeatAge", "InfraRow", "InstanceRow", "JoinTokenCheck",
-           "LogRow", "NodeRef", "NodeRow", "SiteRow", "Store"]
+           "LogRow", "NodeRef", "NodeRow", "Store"]

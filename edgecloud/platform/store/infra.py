@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import Engine, delete, insert, select, update
 
 from edgecloud.platform.store.schema import infrastructure, new_node, nodes, sites, upsert
+from edgecloud.resource.protocol import SiteInfo
 
 
 class InfraRow(BaseModel):
     name: str
     spec: dict[str, Any]
     """The infrastructure file as JSON (by alias)."""
-
-
-class SiteRow(BaseModel):
-    name: str
-    kind: Literal["cloud", "edge"]
-    broker: str
-    files: str
-    platform: str
 
 
 class InfraRepository:
@@ -34,7 +27,7 @@ class InfraRepository:
             row = c.execute(select(infrastructure)).mappings().first()
         return InfraRow(name=row["name"], spec=row["spec"]) if row else None
 
-    def put(self, name: str, spec: dict[str, Any], site_rows: list[SiteRow],
+    def put(self, name: str, spec: dict[str, Any], site_rows: list[SiteInfo],
             node_rows: list[dict[str, Any]]) -> None:
         """Upsert the infrastructure, its sites and declared nodes in one transaction.
 
@@ -62,15 +55,15 @@ class InfraRepository:
                 if node_id not in declared_ids:
                     c.execute(delete(nodes).where(nodes.c.id == node_id))
 
-    def sites(self) -> list[SiteRow]:
+    def sites(self) -> list[SiteInfo]:
         with self.engine.connect() as c:
             rows = c.execute(select(sites).order_by(sites.c.name)).mappings()
-            return [SiteRow.model_validate(dict(r)) for r in rows]
+            return [SiteInfo.model_validate(dict(r)) for r in rows]
 
-    def site(self, name: str) -> SiteRow | None:
+    def site(self, name: str) -> SiteInfo | None:
         with self.engine.connect() as c:
             row = c.execute(select(sites).where(sites.c.name == name)).mappings().first()
-        return SiteRow.model_validate(dict(row)) if row else None
+        return SiteInfo.model_validate(dict(row)) if row else None
 
-    def cloud_site(self) -> SiteRow | None:
+    def cloud_site(self) -> SiteInfo | None:
         return next((s for s in self.sites() if s.kind == "cloud"), None)
