@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -126,3 +127,19 @@ def node_id(name: str) -> str:
     """The id of a node of LOCAL_INFRA from its name (`ec-1-pc` -> `local/ec-1/ec-1-pc`)."""
     site = "cloud" if name.startswith("cc") else name.rsplit("-", 1)[0]
     return f"local/{site}/{name}"
+
+
+def foreground_up(infra: Path, home: Path) -> subprocess.Popen[str]:
+    """`edgecloud up INFRA` in the foreground (as in a terminal), 1 s heartbeats; returns
+    once its state.json is written (the run is up)."""
+    proc = subprocess.Popen([sys.executable, "-m", "edgecloud.cli.main", "up", str(infra),
+                             "--home", str(home), "--heartbeat", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    try:
+        wait_for(lambda: (home / "state.json").exists(), 90, "foreground up ready")
+    except BaseException:
+        proc.send_signal(signal.SIGINT)  # what a person would do; it stops what it started
+        proc.wait(60)
+        raise
+    return proc

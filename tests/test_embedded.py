@@ -10,8 +10,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ from edgecloud.resource.files import FileClient
 from edgecloud.resource.mqtt import Delivery, MqttClient
 from edgecloud.resource.state import RunState, load_run_state
 from edgecloud.resource.wan import LinkClient
-from tests.support import cli, embedded_run, settles, wait_for
+from tests.support import cli, embedded_run, foreground_up, settles, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "examples/infra/local.yaml"
@@ -237,12 +235,8 @@ threading.excepthook = lambda args: None  # paho threads closing at teardown are
 
 def test_foreground_up_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     home = tmp_path / "fg"
-    proc = subprocess.Popen([sys.executable, "-m", "edgecloud.cli.main", "up", str(INFRA),
-                             "--home", str(home), "--heartbeat", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
+    proc = foreground_up(INFRA, home)
     try:
-        wait_for(lambda: (home / "state.json").exists(), 90, "foreground up ready")
         time.sleep(1.0)  # let it print its table, as a person would before pressing Ctrl-C
         pids = [s.pid for s in load_run_state(Home(home)).services]
         proc.send_signal(signal.SIGINT)

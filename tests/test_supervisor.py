@@ -23,7 +23,7 @@ from edgecloud.procutil import process_started, spawn_command, stop_process
 from edgecloud.resource.infra import load_infrastructure
 from edgecloud.resource.state import RunState, ServiceRuntime, load_run_state
 from edgecloud.service import Endpoint
-from tests.support import LOCAL_INFRA, cli, wait_for
+from tests.support import LOCAL_INFRA, cli, foreground_up, wait_for
 
 TINY_INFRA = """apiVersion: edgecloud/v1
 kind: Infrastructure
@@ -191,12 +191,8 @@ def test_foreground_up_stops_everything_on_sighup(tmp_path: Path) -> None:
     infra = tmp_path / "tiny.yaml"
     infra.write_text(TINY_INFRA)
     home = tmp_path / "fg"
-    proc = subprocess.Popen([sys.executable, "-m", "edgecloud.cli.main", "up", str(infra),
-                             "--home", str(home), "--heartbeat", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
+    proc = foreground_up(infra, home)
     try:
-        wait_for(lambda: (home / "state.json").exists(), 90, "foreground up ready")
         pids = [s.pid for s in load_run_state(Home(home)).services]
         assert len(pids) == 4  # platform, broker, file server, agent
         proc.send_signal(signal.SIGHUP)
