@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from edgecloud.application import topics
 from edgecloud.application.context import CONTEXT_ENV, InstanceContext
@@ -104,7 +105,7 @@ def _background(comp: Component, ctx: InstanceContext,
                 log.warning("cannot write metrics", error=str(exc))
 
 
-def instance_client(ctx: InstanceContext, **kwargs: object) -> MqttClient:
+def instance_client(ctx: InstanceContext, **kwargs: Any) -> MqttClient:
     """The MQTT client of an instance: a persistent session with manual acknowledgements.
 
     The stable client id keeps the session across restarts: while the instance is away
@@ -114,7 +115,7 @@ def instance_client(ctx: InstanceContext, **kwargs: object) -> MqttClient:
     """
     return MqttClient(ctx.broker_url, client_id=f"{ctx.app}.{ctx.instance}",
                       src=ctx.instance, clean_session=False, manual_ack=True, dedup=False,
-                      **kwargs)  # type: ignore[arg-type]
+                      **kwargs)
 
 
 def main() -> int:
