@@ -55,6 +55,14 @@ def recorder(ec: Client, tmp_path_factory: pytest.TempPathFactory) -> str:
     return plan.app
 
 
+def recorder_copy(dest: Path, old: str, new: str) -> Path:
+    """tests/apps/recorder copied to `dest`, its topology edited (`old` -> `new`)."""
+    shutil.copytree(APPS / "recorder", dest, dirs_exist_ok=True)
+    topo = dest / "recorder.yaml"
+    topo.write_text(topo.read_text().replace(old, new))
+    return topo
+
+
 def commands_logged(ec: Client, app: str, marker: str) -> dict[str, list[str]]:
     """instance -> the command lines carrying `marker` in its output so far."""
     out: dict[str, list[str]] = {}
@@ -132,9 +140,7 @@ def test_wait_running_names_failed_instances_and_their_reasons(ec: Client) -> No
 
 def test_wait_running_timeout_says_what_is_still_waiting(ec: Client, recorder: str,
                                                          tmp_path: Path) -> None:
-    shutil.copytree(APPS / "recorder", tmp_path, dirs_exist_ok=True)
-    topo = tmp_path / "recorder.yaml"
-    topo.write_text(topo.read_text().replace("name: recorder}", "name: recorder-2}"))
+    topo = recorder_copy(tmp_path, "name: recorder}", "name: recorder-2}")
     ec.deploy(topo)
     try:
         with pytest.raises(AppNotRunning) as err:
@@ -148,9 +154,7 @@ def test_wait_running_timeout_says_what_is_still_waiting(ec: Client, recorder: s
 
 def test_update_restarts_the_changed_component_and_waits_for_it(ec: Client,
                                                                  tmp_path: Path) -> None:
-    shutil.copytree(APPS / "recorder", tmp_path, dirs_exist_ok=True)
-    topo = tmp_path / "recorder.yaml"
-    topo.write_text(topo.read_text().replace("name: recorder}", "name: recorder-3}"))
+    topo = recorder_copy(tmp_path, "name: recorder}", "name: recorder-3}")
     ec.deploy(topo)
     try:
         before = {i.name: i.pid for i in ec.wait_running("recorder-3", 120).instances}
@@ -167,9 +171,7 @@ def test_update_restarts_the_changed_component_and_waits_for_it(ec: Client,
 
 def test_deploy_validates_against_the_running_infrastructure(ec: Client,
                                                              tmp_path: Path) -> None:
-    shutil.copytree(APPS / "recorder", tmp_path, dirs_exist_ok=True)
-    topo = tmp_path / "recorder.yaml"
-    topo.write_text(topo.read_text().replace("site: cloud}", "site: ec-9}"))
+    topo = recorder_copy(tmp_path, "site: cloud}", "site: ec-9}")
     with pytest.raises(FileValidationError, match=r"spec\.components\[1\]\.site.*ec-9"):
         ec.deploy(topo)
 

@@ -89,35 +89,25 @@ def test_missing_binary_fails_clearly(runtime: ProcessRuntime) -> None:
 def test_restart_count_survives_the_runtime(tmp_path: Path) -> None:
     """An agent killed with its instances, then restarted: starting them again is a restart."""
     spec = cmd("import time; time.sleep(60)")
-    first = ProcessRuntime(tmp_path)
-    try:
-        first.apply([spec])
-        wait_for(lambda: status(first).pid is not None)
-        assert status(first).restarts == 0
-    finally:
-        first.close()  # the agent goes; its instances go with it
-    for expected in (1, 2):  # every later agent counts on
-        again = ProcessRuntime(tmp_path)
-        try:
-            again.apply([spec])
-            wait_for(lambda rt=again: status(rt).pid is not None)  # type: ignore[misc]
-            assert status(again).restarts == expected
-        finally:
-            again.close()
+    # the first agent, then every later agent counts on (each goes with its instances)
+    assert [restarts_in_new_runtime(tmp_path, spec) for _ in range(3)] == [0, 1, 2]
     # A changed instance is a new one, and a removed one is forgotten.
     changed = spec.model_copy(update={"env": {"X": "1"}})
-    rt = ProcessRuntime(tmp_path)
+    assert restarts_in_new_runtime(tmp_path, changed, then_remove=True) == 0
+    assert restarts_in_new_runtime(tmp_path, changed) == 0
+
+
+def restarts_in_new_runtime(root: Path, spec: InstanceSpec, then_remove: bool = False) -> int:
+    """Start `spec` in a new ProcessRuntime on `root` (an agent starting), return its
+    restart count once it runs, then close the runtime (the agent goes, its instances too);
+    `then_remove`: the instance is removed from the assignment first."""
+    rt = ProcessRuntime(root)
     try:
-        rt.apply([changed])
+        rt.apply([spec])
         wait_for(lambda: status(rt).pid is not None)
-        assert status(rt).restarts == 0
-        rt.apply([])
-    finally:
-        rt.close()
-    rt = ProcessRuntime(tmp_path)
-    try:
-        rt.apply([changed])
-        wait_for(lambda: status(rt).pid is not None)
-        assert status(rt).restarts == 0
+        restarts = status(rt).restarts
+        if then_remove:
+            rt.apply([])
+        return restarts
     finally:
         rt.close()
