@@ -24,7 +24,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import psutil
 import yaml
 from rich.console import Console
 from rich.table import Table
@@ -32,7 +31,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgecloud.demos.infra import embedded_infrastructure  # noqa: E402
+from edgecloud.demos.infra import deployed, embedded_infrastructure  # noqa: E402
 
 APP = "delivery-bench"
 console = Console(width=max(100, Console().width))
@@ -54,17 +53,6 @@ def handled(out: Path) -> list[int]:
         return []
 
 
-def receiver_pid() -> int | None:
-    for p in psutil.process_iter(["cmdline", "environ"]):
-        try:
-            env = p.info["environ"] or {}
-            if env.get("EDGECLOUD_APP") == APP and env.get("EDGECLOUD_INSTANCE") == "receiver-0":
-                return int(p.pid)
-        except (psutil.Error, TypeError):
-            continue
-    return None
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=800)
@@ -81,26 +69,24 @@ def main() -> int:
         topo.write_text(yaml.safe_dump(topology(out, args.count, args.rate), sort_keys=False))
         with embedded_infrastructure(ROOT / "examples/infra/local.yaml", work / "home",
                                      "the local infrastructure", console) as tb:
-            tb.client.deploy(topo)
-            tb.client.wait_running(APP, timeout=120)
-            t0 = time.monotonic()
-            while len(handled(out)) < args.kill_after:
-                if time.monotonic() - t0 > 120:
-                    raise SystemExit("the receiver handled nothing for 120 s")
-                time.sleep(0.02)
-            pid = receiver_pid()
-            if pid is None:
-                raise SystemExit("receiver process not found")
-            os.kill(pid, signal.SIGKILL)
-            killed_at = len(handled(out))
-            deadline = time.monotonic() + args.count / args.rate + 120
-            while len(set(handled(out))) < args.count and time.monotonic() < deadline:
-                time.sleep(0.2)
-            time.sleep(2.0)  # late duplicates, if any, would show up now
-            got = handled(out)
-            restarts = next(i.restarts for i in tb.client.app(APP).instances
-                            if i.name == "receiver-0")
-            tb.client.delete(APP)
+            with deployed(tb.client, topo, timeout_s=120):
+                t0 = time.monotonic()
+                while len(handled(out)) < args.kill_after:
+                    if time.monotonic() - t0 > 120:
+                        raise SystemExit("the receiver handled nothing for 120 s")
+                    time.sleep(0.02)
+                pid = next(i.pid for i in tb.client.app(APP).instances if i.name == "receiver-0")
+                if pid is None:
+                    raise SystemExit("receiver process not found")
+                os.kill(pid, signal.SIGKILL)
+                killed_at = len(handled(out))
+                deadline = time.monotonic() + args.count / args.rate + 120
+                while len(set(handled(out))) < args.count and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                time.sleep(2.0)  # late duplicates, if any, would show up now
+                got = handled(out)
+                restarts = next(i.restarts for i in tb.client.app(APP).instances
+                                if i.name == "receiver-0")
         counts = Counter(got)
         lost = args.count - len(counts)
         twice = sum(1 for c in counts.values() if c > 1)

@@ -153,21 +153,21 @@ class Client:
             ec.wait_running(plan.app)
         """
         return self._plan_of(self.platform.request(
-            "POST", "/apps", f"deploy {file}", json=_body(self.deploy_request(file))))
+            "POST", "/apps", f"deploy {file}", json=self.deploy_request(file)))
 
     def update(self, file: str | Path, thorough: bool = False) -> DeploymentPlan:
         """Apply a changed topology: only changed components restart (all, `thorough`)."""
         req = self.deploy_request(file)
         name = req.topology.metadata.name
         return self._plan_of(self.platform.request(
-            "PUT", f"/apps/{name}", f"update {name}", json=_body(req),
+            "PUT", f"/apps/{name}", f"update {name}", json=req,
             params={"thorough": str(thorough).lower()}))
 
     def plan(self, file: str | Path) -> DeploymentPlan:
         """Where the platform would place the topology now; nothing is deployed."""
         return self._plan_of(self.platform.request(
-            "POST", "/apps/plan", f"plan {file}", json=_body(self.deploy_request(file,
-                                                                                upload=False))))
+            "POST", "/apps/plan", f"plan {file}",
+            json=self.deploy_request(file, upload=False)))
 
     @staticmethod
     def _plan_of(doc: Any) -> DeploymentPlan:
@@ -249,14 +249,10 @@ class Client:
             cmd = command
         else:
             cmd = ControllerCommand(op=command, component=component, args=args)
-        body = CommandRequest(command=cmd, sites=sites).model_dump(mode="json")
         return CommandResult.model_validate(self.platform.request(
-            "POST", f"/apps/{app}/commands", f"send {cmd.op!r} to {app}", json=body))
+            "POST", f"/apps/{app}/commands", f"send {cmd.op!r} to {app}",
+            json=CommandRequest(command=cmd, sites=sites)))
 
     def delete(self, name: str) -> None:
         """Stop and remove every instance of an application."""
         self.platform.request("DELETE", f"/apps/{name}", f"delete {name}")
-
-
-def _body(req: DeployRequest) -> dict[str, Any]:
-    return req.model_dump(mode="json", by_alias=True)

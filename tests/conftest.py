@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -270,7 +269,7 @@ def plat(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 # are run one module after the other (see pytest_collection_modifyitems) and the run is
 # brought down right after the last of them, so it does not load the machine while the
 # timing-sensitive modules after it run. Each module deploys its own app names and deletes
-# its apps at its end (support.deleted_at_end). Destructive modules keep their own run.
+# its apps at its end (support.delete_apps). Destructive modules keep their own run.
 class _SharedRun:
     def __init__(self) -> None:
         self.stack: ExitStack | None = None
@@ -304,8 +303,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     first = next(n for n, i in enumerate(items) if i.nodeid.split("::")[0] in modules)
     sharing = [i for m in modules for i in items if i.nodeid.split("::")[0] == m]
     others = [i for i in items if i.nodeid.split("::")[0] not in modules]
-    before = [i for i in others[:first]]
-    items[:] = before + sharing + others[first:]
+    items[:] = others[:first] + sharing + others[first:]
     users = [i for i in items if _uses_embedded(i)]
     _shared.last_user = users[-1].nodeid
 
@@ -321,8 +319,4 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunState]:
     """One embedded run of examples/infra/local.yaml (1 s heartbeats) shared by modules."""
     yield _shared.get(tmp_path_factory.mktemp("embedded-home"))
-    _shared.close()
-
-
-def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
     _shared.close()

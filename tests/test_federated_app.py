@@ -49,11 +49,12 @@ def test_short_federated_job_on_the_platform_improves_accuracy(tmp_path: Path) -
 
 def _wait_history(tb: Testbed, run: str, timeout: float = 30) -> dict:  # type: ignore[type-arg]
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        doc = fl.history(tb, run)
-        if doc is not None and doc["state"] in ("done", "failed"):
-            return doc
-        time.sleep(0.5)
+    with tb.files() as files:
+        while time.monotonic() < deadline:
+            doc = fl.history(files, run)
+            if doc is not None and doc["state"] in ("done", "failed"):
+                return doc
+            time.sleep(0.5)
     raise AssertionError(f"no final history for {run} within {timeout} s")
 
 
@@ -75,7 +76,7 @@ def test_client_and_aggregator_dying_do_not_stop_the_job(tmp_path: Path) -> None
             deployed(tb.client, fl.app_file(settings, Path(tmp))):
         with Progress(console=console, disable=True) as bar:
             run = fl.run_job(tb, settings, "fp32", bar, console)
-        doc = fl.history(tb, run["run"])
+        doc = fl.history(tb.files(), run["run"])
         restarts = {i.name: i.restarts for i in tb.client.app(fl.APP).instances}
     rounds = doc["rounds"]
     assert restarts["client-1"] >= 1 and restarts["aggregator-0"] >= 1, restarts  # drills ran

@@ -33,7 +33,7 @@ from edgecloud.demos.infra import (
     examples_dir,
 )
 from edgecloud.errors import UserError
-from edgecloud.resource.files import FileServiceError
+from edgecloud.resource.files import FileClient, FileServiceError
 
 APP = "federated"
 
@@ -93,9 +93,10 @@ def start_job(tb: Testbed, job: dict[str, Any]) -> None:
                                                   args=job), sites=[tb.state.cloud.name])
 
 
-def history(tb: Testbed, run: str) -> dict[str, Any] | None:
-    """The job's history as the aggregator stored it in the cloud (None before its start)."""
-    files, key = tb.files(), f"fl/{run}/history.json"
+def history(files: FileClient, run: str) -> dict[str, Any] | None:
+    """The job's history as the aggregator stored it in the cloud file service `files`
+    (None before its start)."""
+    key = f"fl/{run}/history.json"
     for _ in range(5):
         if files.stat(key) is None:
             return None
@@ -122,21 +123,23 @@ def run_job(tb: Testbed, settings: Settings, compression: str, bar: Progress,
     task = bar.add_task(f"FedAvg {compression}", total=settings.rounds)
     seen, doc = 0, None
     deadline = time.monotonic() + 300 + settings.rounds * (settings.round_timeout + 30)
-    while time.monotonic() < deadline:
-        time.sleep(1.0)
-        doc = history(tb, run)
-        if doc is None:
-            continue
-        for r in doc["rounds"][seen:]:
-            m = r["metrics"]
-            console.print(f"  {compression:>5} round {r['round']:>3}: accuracy "
-                          f"{m.get('accuracy', float('nan')):.4f}  up {r['bytes_up'] / 1e3:8.1f}"
-                          f" kB  down {r['bytes_down'] / 1e3:8.1f} kB  answered "
-                          f"{len(r['answered'])}/{len(r['selected'])}")
-        seen = len(doc["rounds"])
-        bar.update(task, completed=seen)
-        if doc["state"] in ("done", "failed"):
-            break
+    with tb.files() as files:  # one connection for the whole job's polling
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            doc = history(files, run)
+            if doc is None:
+                continue
+            for r in doc["rounds"][seen:]:
+                m = r["metrics"]
+                console.print(f"  {compression:>5} round {r['round']:>3}: accuracy "
+                              f"{m.get('accuracy', float('nan')):.4f}  up "
+                              f"{r['bytes_up'] / 1e3:8.1f} kB  down "
+                              f"{r['bytes_down'] / 1e3:8.1f} kB  answered "
+                              f"{len(r['answered'])}/{len(r['selected'])}")
+            seen = len(doc["rounds"])
+            bar.update(task, completed=seen)
+            if doc["state"] in ("done", "failed"):
+                break
     wan = tb.links.bytes()["total"] - b0
     if doc is None or doc["state"] != "done":
         state = doc["state"] if doc else "never started"

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,8 +135,6 @@ def deployed(client: Client, topo_file: Path, console: Console | None = None,
     """Deploy the application of ``topo_file`` and wait until every instance runs (a
     UserError names failed ones); yields its name and deletes it at the end. ``what`` is
     the status line shown meanwhile."""
-    from contextlib import nullcontext
-
     with console.status(what) if console and what else nullcontext():
         app = client.deploy(topo_file).app
         try:
@@ -190,7 +188,7 @@ class Testbed:
 
     @property
     def home(self) -> Path:
-        return Path(self.state.home)
+        return self.state.home
 
     def files(self, site: str | None = None) -> FileClient:
         """The file service of ``site`` (default: the cloud)."""

@@ -350,7 +350,6 @@ class Supervisor:
         services = [rt for rt in (svc.runtime() for svc in self.services) if rt is not None]
         return RunState(infra=self.infra.name, infra_file=self.infra_file, home=self.home.root,
                         supervisor_pid=os.getpid(),
-                        supervisor_started=process_started(os.getpid()),
                         broker_kind=self.broker_kind,
                         platform=layout.platform, sites=sites, services=services)
 

@@ -62,7 +62,7 @@ def send_command(name: str, req: CommandRequest, request: Request,
     sites_rows = {s.name: s for s in store.infra.sites()}
     sites = _target_sites(name, req.sites, sorted({r.site for r in store.apps.instances(name)}),
                           sites_rows)
-    cloud = store.infra.cloud_site()
+    cloud = next((s for s in sites_rows.values() if s.kind == "cloud"), None)
     if cloud is None:
         raise HTTPException(409, "no infrastructure is registered (no cloud site)")
     try:

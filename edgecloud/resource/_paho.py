@@ -196,8 +196,3 @@ class AckSequencer:
             self._epoch += 1
             self._open.clear()
             self._head = self._next
-
-    @property
-    def unacked(self) -> int:
-        with self._lock:
-            return len(self._open)

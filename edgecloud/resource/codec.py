@@ -164,11 +164,7 @@ class RecentIds:
 
     def add(self, msg_id: str) -> None:
         """Remember `msg_id` (the oldest id is forgotten beyond `capacity`)."""
-        ids = self._ids
-        ids[msg_id] = None
-        ids.move_to_end(msg_id)
-        if len(ids) > self.capacity:
-            ids.popitem(last=False)
+        self.check_and_add(msg_id)
 
     def check_and_add(self, msg_id: str) -> bool:
         """True if `msg_id` was seen recently (a duplicate); else remember it, False."""

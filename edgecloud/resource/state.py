@@ -53,7 +53,6 @@ class RunState(BaseModel):
     infra_file: Path
     home: Path
     supervisor_pid: int
-    supervisor_started: float | None = None
     broker_kind: Literal["amqtt", "mosquitto"]
     platform: Endpoint
     sites: list[SiteRuntime]

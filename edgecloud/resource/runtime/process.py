@@ -52,6 +52,7 @@ class _Instance:
     spec: InstanceSpec
     restart_digest: str  # of `spec`: a change restarts the instance
     dir: Path
+    digest: str = ""  # of the whole `spec`, reported with every status (computed once)
     proc: subprocess.Popen[bytes] | None = None
     ps: psutil.Process | None = None
     state: InstanceState = "Pending"
@@ -102,6 +103,7 @@ class ProcessRuntime:
                     d = self.root / "instances" / spec.app / spec.name
                     prior = _previous_starts(d, spec)
                     self._instances[key] = _Instance(spec, spec.restart_digest(), d,
+                                                     digest=spec.digest(),
                                                      restarts=max(0, prior - 1),
                                                      prior_starts=prior)
 
@@ -110,7 +112,7 @@ class ProcessRuntime:
 
         The file is replaced atomically (never read half-written); an instance not
         started yet (backing off, or never) gets it at its start."""
-        inst.spec = spec
+        inst.spec, inst.digest = spec, spec.digest()
         if inst.dir.exists():
             self._write_context(inst)
         log.info("instance membership updated", instance=spec.key)
@@ -246,7 +248,7 @@ class ProcessRuntime:
             state = "Pending"  # started, not yet subscribed to its inbox
         return InstanceStatus(
             app=inst.spec.app, name=inst.spec.name, component=inst.spec.component,
-            state=state, digest=inst.spec.digest(), restarts=inst.restarts,
+            state=state, digest=inst.digest, restarts=inst.restarts,
             pid=inst.proc.pid if inst.proc else None, exit_code=inst.exit_code,
             reason=inst.reason, started_at=inst.started_at, cpu_percent=cpu, memory_rss=rss,
             metrics=metrics)
